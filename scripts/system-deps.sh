@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages the test suite and benchmarks talk to as real peers (slapd for LDAP, a forward proxy for the
+# upstream-broker tests, systemd-analyze for the unit check, iproute2 for network-namespace tests, openssl for
+# test certificates). Installs only what is missing; needs root (CI and these machines run as root).
+set -euo pipefail
+want=(openssl iproute2 python3 slapd ldap-utils tinyproxy systemd procps)
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "system-deps: missing Debian packages: ${missing[*]} (install them as root: apt-get install ${missing[*]})" >&2
+  exit 0
+fi
+echo "system-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Daemons from these packages must not start on their own: the tests start their own instances on loopback.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,80 @@
+/**
+ * argv → command; nothing else. Each command lives in src/cli/ and is loaded only when called, so
+ * `--version` and `--help` stay instant and a command's dependencies (selfsigned, ldapts) cost nothing elsewhere.
+ */
+import { type CliIo, type CommandMain, processIo } from "./cli/io.ts";
+import { COMMIT, PRODUCT_NAME, VERSION } from "./version.ts";
+
+interface CommandEntry {
+  summary: string;
+  load: () => Promise<CommandMain>;
+}
+
+const COMMANDS: Record<string, CommandEntry> = {
+  run: {
+    summary: "run the appliance in the foreground (what the systemd unit starts)",
+    load: async () => (await import("./cli/run.ts")).runCommand,
+  },
+  config: {
+    summary: "config check | config schema: validate a config file, print the reference",
+    load: async () => (await import("./cli/config.ts")).runConfigCommand,
+  },
+  user: {
+    summary: "user add|del|list NAME: manage local accounts of the built-in broker",
+    load: async () => (await import("./cli/user.ts")).userCommand,
+  },
+};
+
+export function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return [
+    `${PRODUCT_NAME} ${VERSION} — PCoIP Connection Manager and Security Gateway in one executable`,
+    "",
+    `Usage: ${PRODUCT_NAME} <command> [options]`,
+    "",
+    "Commands:",
+    ...lines,
+    "",
+    "Options:",
+    "  --version    print the version and exit",
+    "  --help       this text; `<command> --help` explains one command",
+    "",
+    `Configuration: /etc/pcoip-cmsg/pcoip-cmsg.toml by default (--config FILE); \`${PRODUCT_NAME} config schema\` lists every key.`,
+    "",
+  ].join("\n");
+}
+
+export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    io.stdout(usage());
+    return command === undefined ? 2 : 0;
+  }
+  if (command === "--version" || command === "-V" || command === "version") {
+    io.stdout(`${PRODUCT_NAME} ${VERSION} (${COMMIT}) bun ${Bun.version}\n`);
+    return 0;
+  }
+  const entry = COMMANDS[command];
+  if (!entry) {
+    io.stderr(`${PRODUCT_NAME}: unknown command "${command}"\n\n${usage()}`);
+    return 2;
+  }
+  const run = await entry.load();
+  return run(rest, io);
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      // A throw reaching here is a bug, not a user error: say so plainly and exit non-zero.
+      process.stderr.write(
+        `${PRODUCT_NAME}: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      );
+      process.exitCode = 70;
+    },
+  );
+}
