@@ -3,7 +3,7 @@
  * leaf certificates it signs, for the CM (443), fake agents (60443 and 4172) and fake brokers. Created once per
  * test process under a temporary folder that is removed at exit.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -26,7 +26,12 @@ let shared: TestPki | undefined;
 /** The process-wide test PKI (CA RSA-2048 for speed; leaves RSA-2048 unless asked otherwise). */
 export function testPki(): TestPki {
   if (shared) return shared;
-  const dir = mkdtempSync(join(tmpdir(), "pcoip-cmsg-pki-"));
+  // bun test does not run process "exit" handlers reliably, so each process names its folder by pid and
+  // removes the folders of processes that no longer exist.
+  removeStaleFolders();
+  const dir = join(tmpdir(), `pcoip-cmsg-pki-${process.pid}`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
   process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
   openssl([
     "req",
@@ -102,6 +107,28 @@ export function testPki(): TestPki {
     },
   };
   return shared;
+}
+
+function removeStaleFolders(): void {
+  for (const name of readdirSync(tmpdir())) {
+    const m = /^pcoip-cmsg-pki-(\d+)$/.exec(name);
+    if (!m) {
+      if (
+        name.startsWith("pcoip-cmsg-pki-") &&
+        Date.now() - statSync(join(tmpdir(), name)).mtimeMs > 3_600_000
+      ) {
+        rmSync(join(tmpdir(), name), { recursive: true, force: true });
+      }
+      continue;
+    }
+    const pid = Number(m[1]);
+    if (pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+    } catch {
+      rmSync(join(tmpdir(), name), { recursive: true, force: true });
+    }
+  }
 }
 
 function read(dir: string, base: string): TestCert {
