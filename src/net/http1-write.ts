@@ -1,0 +1,114 @@
+/**
+ * Response serialisation for the front door: canonical header spelling on the wire (real PCoIP clients ignore a
+ * lower-case `set-cookie`), one line per cookie, and chunked transfer coding for every body (they refuse
+ * Content-Length bodies, PROTOCOL.md §1.2).
+ */
+
+const CANONICAL: Record<string, string> = {
+  "set-cookie": "Set-Cookie",
+  "content-type": "Content-Type",
+  "transfer-encoding": "Transfer-Encoding",
+  "content-length": "Content-Length",
+  connection: "Connection",
+  location: "Location",
+  "cache-control": "Cache-Control",
+  "www-authenticate": "WWW-Authenticate",
+  "x-content-type-options": "X-Content-Type-Options",
+  "strict-transport-security": "Strict-Transport-Security",
+  etag: "ETag",
+  "content-md5": "Content-MD5",
+  te: "TE",
+  dnt: "DNT",
+};
+
+/** `x-client-log-id` → `X-Client-Log-Id`; known names use their registered spelling. */
+export function canonicalHeaderName(name: string): string {
+  const lower = name.toLowerCase();
+  return (
+    CANONICAL[lower] ??
+    lower.replace(/(^|-)([a-z])/g, (_m, dash: string, c: string) => dash + c.toUpperCase())
+  );
+}
+
+const REASONS: Record<number, string> = {
+  100: "Continue",
+  200: "OK",
+  201: "Created",
+  204: "No Content",
+  301: "Moved Permanently",
+  302: "Found",
+  304: "Not Modified",
+  307: "Temporary Redirect",
+  308: "Permanent Redirect",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  408: "Request Timeout",
+  411: "Length Required",
+  413: "Content Too Large",
+  414: "URI Too Long",
+  415: "Unsupported Media Type",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+  505: "HTTP Version Not Supported",
+};
+
+export function reasonPhrase(status: number): string {
+  return REASONS[status] ?? "Unknown";
+}
+
+/** Headers we write ourselves; whatever the app set for them is replaced. */
+const FRAMING = new Set(["content-length", "transfer-encoding", "connection", "date", "keep-alive"]);
+
+/** Statuses that never carry a body (RFC 9110 §6.4.1). */
+export function statusHasBody(status: number): boolean {
+  return !(status < 200 || status === 204 || status === 304);
+}
+
+/** The status line and headers of `res`, ending in the blank line. */
+export function serializeHead(
+  res: Response,
+  opts: { keepAlive: boolean; chunked: boolean; date: string },
+): string {
+  let out = `HTTP/1.1 ${res.status} ${res.statusText && /^[\t !-~]*$/.test(res.statusText) ? res.statusText : reasonPhrase(res.status)}\r\n`;
+  out += `Date: ${opts.date}\r\n`;
+  for (const [name, value] of res.headers) {
+    if (name === "set-cookie" || FRAMING.has(name)) continue;
+    out += `${canonicalHeaderName(name)}: ${value}\r\n`;
+  }
+  for (const cookie of res.headers.getSetCookie()) out += `Set-Cookie: ${cookie}\r\n`;
+  if (opts.chunked) out += "Transfer-Encoding: chunked\r\n";
+  out += opts.keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
+  return out;
+}
+
+const CRLF = Buffer.from("\r\n");
+
+/** One chunk: size in hex, CRLF, data, CRLF. Empty data gives nothing (an empty chunk would end the body). */
+export function chunkFrame(data: Uint8Array): Buffer[] {
+  if (data.length === 0) return [];
+  return [
+    Buffer.from(`${data.length.toString(16)}\r\n`),
+    Buffer.from(data.buffer, data.byteOffset, data.length),
+    CRLF,
+  ];
+}
+
+export const LAST_CHUNK = Buffer.from("0\r\n\r\n");
+
+/** A short plain-text answer for refusals the app never sees (400, 408, 413, …); always closes. */
+export function plainErrorResponse(status: number, reason: string, date: string): Buffer {
+  const body = `${status} ${reasonPhrase(status)}: ${reason}\n`;
+  return Buffer.from(
+    `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nDate: ${date}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+    "latin1",
+  );
+}

@@ -1,0 +1,413 @@
+/**
+ * The CM's front door: a small, strict HTTP/1.1 server on Bun.listen (TLS, or plain TCP for the port-80
+ * redirect). Bun.serve cannot be used here: it lower-cases `set-cookie`, sends one-chunk bodies with
+ * Content-Length and answers bare-LF requests with 505 — real PCoIP clients need the opposite (SPEC §3).
+ *
+ * Each request becomes a Web `Request` handed to `fetch` (a hono app's `app.fetch`, which sees `ConnInfo` as
+ * `c.env`); the `Response` is written back with canonical header spelling and chunked transfer coding.
+ * Requests on one connection are handled one at a time, in order (pipelining is allowed, never parallel).
+ */
+import type { Socket, TCPSocketListener, TCPSocketListenOptions } from "bun";
+import {
+  ChunkedDecoder,
+  DEFAULT_LIMITS,
+  type Http1Limits,
+  type HttpRefusal,
+  parseRequestHead,
+  type RequestHead,
+} from "./http1-parse.ts";
+import { chunkFrame, LAST_CHUNK, plainErrorResponse, serializeHead, statusHasBody } from "./http1-write.ts";
+
+export type { Http1Limits } from "./http1-parse.ts";
+export { DEFAULT_LIMITS } from "./http1-parse.ts";
+
+export interface ConnInfo {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly localPort: number;
+  readonly tls: boolean;
+}
+
+export interface Http1Tls {
+  readonly cert: string;
+  readonly key: string;
+  /** Served after the leaf as the chain. */
+  readonly ca?: string;
+  readonly ciphers?: string;
+  readonly minVersion?: number;
+  readonly maxVersion?: number;
+  readonly secureOptions?: number;
+}
+
+export interface Http1ServerOptions {
+  readonly hostname: string;
+  readonly port: number;
+  readonly tls?: Http1Tls;
+  fetch(req: Request, info: ConnInfo): Response | Promise<Response>;
+  readonly limits?: Partial<Http1Limits>;
+  /** Connections beyond this are closed at once (descriptor exhaustion guard). */
+  readonly maxConnections?: number;
+  onError?(err: unknown, info: ConnInfo): void;
+}
+
+export interface Http1Server {
+  readonly hostname: string;
+  readonly port: number;
+  readonly connections: number;
+  /**
+   * New certificates for new connections: a second listener is bound to the same address with SO_REUSEPORT,
+   * then the old one stops accepting. Accepted connections,
+   * including idle keep-alive ones, keep their TLS session and go on working.
+   */
+  reloadTls(tls: Http1Tls): void;
+  /** Stops accepting; with `closeActive`, also closes every open connection. */
+  stop(opts?: { closeActive?: boolean }): void;
+}
+
+type Phase = "head" | "body" | "handling" | "closed";
+
+interface Conn {
+  socket: Socket<Conn>;
+  info: ConnInfo;
+  phase: Phase;
+  buf: Buffer;
+  head?: RequestHead;
+  bodyParts: Uint8Array[];
+  bodyLength: number;
+  chunked?: ChunkedDecoder;
+  out: Buffer[];
+  outBytes: number;
+  drainWaiters: (() => void)[];
+  timer?: ReturnType<typeof setTimeout>;
+  served: number;
+}
+
+/** Past this many unsent response bytes, a streamed body waits for the socket to drain. */
+const OUT_HIGH_WATER = 256 * 1024;
+
+export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
+  const limits: Http1Limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const maxConnections = opts.maxConnections ?? Number.POSITIVE_INFINITY;
+  const open = new Set<Conn>();
+  const isTls = opts.tls !== undefined;
+  let dateCache = { at: 0, text: "" };
+
+  const httpDate = (): string => {
+    const now = Date.now();
+    if (now - dateCache.at >= 1000) dateCache = { at: now, text: new Date(now).toUTCString() };
+    return dateCache.text;
+  };
+
+  const arm = (c: Conn, ms: number, onFire: () => void): void => {
+    if (c.timer) clearTimeout(c.timer);
+    c.timer = setTimeout(onFire, ms);
+  };
+
+  const close = (c: Conn): void => {
+    if (c.phase === "closed") return;
+    c.phase = "closed";
+    if (c.timer) clearTimeout(c.timer);
+    for (const w of c.drainWaiters.splice(0)) w();
+    // end() (not terminate) so that bytes already queued, such as an error answer, leave before the FIN.
+    c.socket.end();
+    open.delete(c);
+  };
+
+  const write = (c: Conn, data: Buffer): void => {
+    if (c.outBytes > 0) {
+      c.out.push(data);
+      c.outBytes += data.length;
+      return;
+    }
+    const n = c.socket.write(data);
+    if (n < data.length) {
+      const rest = data.subarray(Math.max(0, n));
+      c.out.push(rest);
+      c.outBytes += rest.length;
+    }
+  };
+
+  const flush = (c: Conn): void => {
+    while (c.out.length > 0) {
+      const head = c.out[0]!;
+      const n = c.socket.write(head);
+      if (n < head.length) {
+        c.out[0] = head.subarray(Math.max(0, n));
+        c.outBytes -= Math.max(0, n);
+        return;
+      }
+      c.out.shift();
+      c.outBytes -= head.length;
+    }
+    for (const w of c.drainWaiters.splice(0)) w();
+  };
+
+  const refuseAndClose = (c: Conn, refusal: HttpRefusal): void => {
+    write(c, plainErrorResponse(refusal.status, refusal.reason, httpDate()));
+    close(c);
+  };
+
+  const startHeadTimer = (c: Conn): void => {
+    arm(c, limits.headerTimeoutMs, () => {
+      if (c.phase === "head") refuseAndClose(c, { status: 408, reason: "request head not received in time" });
+    });
+  };
+
+  const startIdleTimer = (c: Conn): void => {
+    arm(c, limits.idleTimeoutMs, () => {
+      if (c.phase === "head" && c.buf.length === 0) close(c);
+    });
+  };
+
+  /** Drives the connection's state machine over whatever is buffered. */
+  const advance = (c: Conn): void => {
+    while (c.phase === "head" || c.phase === "body") {
+      if (c.phase === "head") {
+        if (c.buf.length === 0) return;
+        const r = parseRequestHead(c.buf, limits);
+        if (r.kind === "need") return;
+        if (r.kind === "refused") return refuseAndClose(c, r.refusal);
+        c.head = r.head;
+        c.buf = c.buf.subarray(r.consumed);
+        c.bodyParts = [];
+        c.bodyLength = 0;
+        c.chunked = r.head.body.kind === "chunked" ? new ChunkedDecoder(limits.maxBodyBytes) : undefined;
+        if (r.head.body.kind === "none") {
+          dispatch(c);
+          return;
+        }
+        c.phase = "body";
+        if (r.head.expectContinue) write(c, Buffer.from("HTTP/1.1 100 Continue\r\n\r\n"));
+        arm(c, limits.bodyTimeoutMs, () => {
+          if (c.phase === "body")
+            refuseAndClose(c, { status: 408, reason: "request body not received in time" });
+        });
+      }
+      if (c.phase === "body") {
+        const head = c.head!;
+        if (c.chunked) {
+          const used = c.chunked.push(c.buf);
+          if (typeof used !== "number") return refuseAndClose(c, used);
+          c.buf = c.buf.subarray(used);
+          if (!c.chunked.done) return;
+          c.bodyParts = [c.chunked.body()];
+        } else if (head.body.kind === "length") {
+          const want = head.body.length - c.bodyLength;
+          const take = Math.min(want, c.buf.length);
+          if (take > 0) {
+            c.bodyParts.push(c.buf.subarray(0, take));
+            c.bodyLength += take;
+            c.buf = c.buf.subarray(take);
+          }
+          if (c.bodyLength < head.body.length) return;
+        }
+        dispatch(c);
+        return;
+      }
+    }
+  };
+
+  const dispatch = (c: Conn): void => {
+    const head = c.head!;
+    c.phase = "handling";
+    if (c.timer) clearTimeout(c.timer);
+    c.served++;
+    const keepAlive = head.keepAlive && c.served < limits.maxRequestsPerConnection;
+    let request: Request;
+    try {
+      request = toRequest(head, c.bodyParts, c.info);
+    } catch {
+      return refuseAndClose(c, { status: 400, reason: "invalid request target" });
+    }
+    c.bodyParts = [];
+    Promise.resolve()
+      .then(() => opts.fetch(request, c.info))
+      .catch((err: unknown) => {
+        opts.onError?.(err, c.info);
+        return new Response("internal error\n", {
+          status: 500,
+          headers: { "Content-Type": "text/plain; charset=utf-8" },
+        });
+      })
+      .then((res) => writeResponse(c, res, head, keepAlive))
+      .then(
+        (ok) => {
+          if (c.phase === "closed") return;
+          if (!ok || !keepAlive) return close(c);
+          c.phase = "head";
+          c.head = undefined;
+          if (c.buf.length > 0) startHeadTimer(c);
+          else startIdleTimer(c);
+          advance(c);
+        },
+        (err: unknown) => {
+          opts.onError?.(err, c.info);
+          close(c);
+        },
+      );
+  };
+
+  /** Writes the response; false when the body could not be completed (the connection must close). */
+  const writeResponse = async (
+    c: Conn,
+    res: Response,
+    head: RequestHead,
+    keepAlive: boolean,
+  ): Promise<boolean> => {
+    if (c.phase === "closed") return false;
+    const bodyAllowed = statusHasBody(res.status);
+    const headText = serializeHead(res, { keepAlive, chunked: bodyAllowed, date: httpDate() });
+    const parts: Buffer[] = [Buffer.from(headText, "latin1")];
+    if (!bodyAllowed || head.method === "HEAD" || res.body === null) {
+      if (bodyAllowed && head.method !== "HEAD") parts.push(LAST_CHUNK);
+      write(c, Buffer.concat(parts));
+      return true;
+    }
+    const reader = res.body.getReader();
+    let pending = parts;
+    let pendingBytes = parts[0]!.length;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (isClosed(c)) return false;
+        const frame = chunkFrame(typeof value === "string" ? Buffer.from(value) : value);
+        pending.push(...frame);
+        pendingBytes += frame.reduce((n, b) => n + b.length, 0);
+        if (pendingBytes >= 64 * 1024) {
+          write(c, Buffer.concat(pending));
+          pending = [];
+          pendingBytes = 0;
+          if (c.outBytes > OUT_HIGH_WATER) await new Promise<void>((r) => c.drainWaiters.push(r));
+        }
+      }
+    } catch (err) {
+      opts.onError?.(err, c.info);
+      if (pendingBytes > 0) write(c, Buffer.concat(pending));
+      return false; // the body is cut short: only closing tells the client so
+    }
+    pending.push(LAST_CHUNK);
+    write(c, Buffer.concat(pending));
+    return true;
+  };
+
+  const handler = {
+    open(socket: Socket<Conn>) {
+      const c: Conn = {
+        socket,
+        info: {
+          remoteAddress: socket.remoteAddress,
+          remotePort: socket.remotePort,
+          localPort: socket.localPort,
+          tls: isTls,
+        },
+        phase: "head",
+        buf: Buffer.alloc(0),
+        bodyParts: [],
+        bodyLength: 0,
+        out: [],
+        outBytes: 0,
+        drainWaiters: [],
+        served: 0,
+      };
+      socket.data = c;
+      if (open.size >= maxConnections) {
+        c.phase = "closed";
+        socket.terminate();
+        return;
+      }
+      open.add(c);
+      socket.setNoDelay(true);
+      startHeadTimer(c);
+    },
+    data(socket: Socket<Conn>, chunk: Buffer) {
+      const c = socket.data;
+      if (!c || c.phase === "closed") return;
+      if (c.phase === "head" && c.buf.length === 0 && c.served > 0) startHeadTimer(c);
+      c.buf = c.buf.length === 0 ? chunk : Buffer.concat([c.buf, chunk]);
+      // While a request is being handled, bytes of the next (pipelined) one wait here, within the limits.
+      if (
+        c.phase === "handling" &&
+        c.buf.length > limits.maxRequestLineBytes + limits.maxHeaderBytes + limits.maxBodyBytes
+      ) {
+        return refuseAndClose(c, { status: 431, reason: "too much pipelined data" });
+      }
+      advance(c);
+    },
+    drain(socket: Socket<Conn>) {
+      const c = socket.data;
+      if (c) flush(c);
+    },
+    close(socket: Socket<Conn>) {
+      const c = socket.data;
+      if (!c) return;
+      if (c.timer) clearTimeout(c.timer);
+      c.phase = "closed";
+      for (const w of c.drainWaiters.splice(0)) w();
+      open.delete(c);
+    },
+    error(socket: Socket<Conn>, err: Error) {
+      const c = socket.data;
+      if (c) opts.onError?.(err, c.info);
+    },
+  };
+
+  // reusePort (SO_REUSEPORT; accepted by Bun.listen though its types list it only for connect) lets the
+  // rotation listener bind while the old one still holds the port.
+  const listen = (tls: Http1Tls | undefined, port: number): TCPSocketListener<Conn> => {
+    const options: TCPSocketListenOptions<Conn> & { reusePort: boolean } = {
+      hostname: opts.hostname,
+      port,
+      reusePort: true,
+      ...(tls ? { tls: { ...tls, cert: tls.ca ? `${tls.cert.trimEnd()}\n${tls.ca}` : tls.cert } } : {}),
+      socket: handler,
+    };
+    return Bun.listen<Conn>(options);
+  };
+
+  let listener = listen(opts.tls, opts.port);
+  const port = listener.port;
+
+  return {
+    hostname: opts.hostname,
+    port,
+    get connections() {
+      return open.size;
+    },
+    reloadTls(tls) {
+      const next = listen(tls, port);
+      const old = listener;
+      listener = next;
+      old.stop(false);
+    },
+    stop(stopOpts = {}) {
+      listener.stop(stopOpts.closeActive === true);
+      if (stopOpts.closeActive) for (const c of [...open]) close(c);
+    },
+  };
+}
+
+/** A function, not an inline comparison: the phase changes across awaits, which TypeScript's narrowing ignores. */
+function isClosed(c: Conn): boolean {
+  return c.phase === "closed";
+}
+
+function toRequest(head: RequestHead, body: readonly Uint8Array[], info: ConnInfo): Request {
+  const headers = new Headers();
+  for (const [name, value] of head.headers) headers.append(name, value);
+  const host = headers.get("host");
+  const authority = host && /^[A-Za-z0-9.\-:[\]]+$/.test(host) ? host : "localhost";
+  const scheme = info.tls ? "https" : "http";
+  const target = head.target.startsWith("/")
+    ? head.target
+    : head.target === "*"
+      ? "/"
+      : new URL(head.target).pathname;
+  const hasBody = head.method !== "GET" && head.method !== "HEAD";
+  const payload = body.length === 0 ? undefined : body.length === 1 ? body[0] : Buffer.concat(body);
+  return new Request(`${scheme}://${authority}${target}`, {
+    method: head.method,
+    headers,
+    body: hasBody && payload ? payload : undefined,
+  });
+}
