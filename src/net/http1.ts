@@ -166,7 +166,10 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         if (c.buf.length === 0) return;
         const r = parseRequestHead(c.buf, limits);
         if (r.kind === "need") return;
-        if (r.kind === "refused") return refuseAndClose(c, r.refusal);
+        if (r.kind === "refused") {
+          refuseAndClose(c, r.refusal);
+          return;
+        }
         c.head = r.head;
         c.buf = c.buf.subarray(r.consumed);
         c.bodyParts = [];
@@ -187,7 +190,10 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         const head = c.head!;
         if (c.chunked) {
           const used = c.chunked.push(c.buf);
-          if (typeof used !== "number") return refuseAndClose(c, used);
+          if (typeof used !== "number") {
+            refuseAndClose(c, used);
+            return;
+          }
           c.buf = c.buf.subarray(used);
           if (!c.chunked.done) return;
           c.bodyParts = [c.chunked.body()];
@@ -217,7 +223,8 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     try {
       request = toRequest(head, c.bodyParts, c.info);
     } catch {
-      return refuseAndClose(c, { status: 400, reason: "invalid request target" });
+      refuseAndClose(c, { status: 400, reason: "invalid request target" });
+      return;
     }
     c.bodyParts = [];
     Promise.resolve()
@@ -233,7 +240,10 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       .then(
         (ok) => {
           if (c.phase === "closed") return;
-          if (!ok || !keepAlive) return close(c);
+          if (!ok || !keepAlive) {
+            close(c);
+            return;
+          }
           c.phase = "head";
           c.head = undefined;
           if (c.buf.length > 0) startHeadTimer(c);
@@ -330,7 +340,8 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         c.phase === "handling" &&
         c.buf.length > limits.maxRequestLineBytes + limits.maxHeaderBytes + limits.maxBodyBytes
       ) {
-        return refuseAndClose(c, { status: 431, reason: "too much pipelined data" });
+        refuseAndClose(c, { status: 431, reason: "too much pipelined data" });
+        return;
       }
       advance(c);
     },
