@@ -1,0 +1,18 @@
+/**
+ * `npm start`: the appliance on its embedded defaults (config/dev.toml) — first creating the demo account
+ * `demo` / `demo` in .data/users when it does not exist, so the demo client can log in at once.
+ */
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+
+mkdirSync(".data/certs", { recursive: true, mode: 0o700 });
+const users = ".data/users";
+const existing = existsSync(users) ? readFileSync(users, "utf8") : "";
+if (!/^demo:/m.test(existing)) {
+  const hash = await Bun.password.hash("demo", { algorithm: "argon2id" });
+  writeFileSync(users, `${existing}demo:${hash}\n`, { mode: 0o600 });
+  console.log("dev: created the demo account demo / demo in .data/users");
+}
+const child = spawn(process.execPath, ["src/main.ts", "run", "--config", "config/dev.toml", ...process.argv.slice(2)], { stdio: "inherit" });
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, () => child.kill(sig));
+child.on("exit", (code) => process.exit(code ?? 0));
