@@ -13,6 +13,10 @@ if (!/^demo:/m.test(existing)) {
   writeFileSync(users, `${existing}demo:${hash}\n`, { mode: 0o600 });
   console.log("dev: created the demo account demo / demo in .data/users");
 }
-const child = spawn(process.execPath, ["src/main.ts", "run", "--config", "config/dev.toml", ...process.argv.slice(2)], { stdio: "inherit" });
+const child = spawn(
+  process.execPath,
+  ["src/main.ts", "run", "--config", "config/dev.toml", ...process.argv.slice(2)],
+  { stdio: "inherit" },
+);
 for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, () => child.kill(sig));
 child.on("exit", (code) => process.exit(code ?? 0));

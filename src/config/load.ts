@@ -318,13 +318,12 @@ function unknownKeys(raw: Record<string, unknown>): UnknownKey[] {
       const d = defOf(core);
       if (d.type === "array" && Array.isArray(v) && d.element) {
         const elShape = shapeOf(unwrap(d.element).core);
-        if (elShape)
-          v.forEach(
-            (item, i) =>
-              item &&
-              typeof item === "object" &&
-              walk(item as Record<string, unknown>, [...path, String(i)], elShape),
-          );
+        if (elShape) {
+          for (const [i, item] of v.entries()) {
+            if (item && typeof item === "object")
+              walk(item as Record<string, unknown>, [...path, String(i)], elShape);
+          }
+        }
       }
     }
   };

@@ -27,11 +27,9 @@ export function parseListen(s: string): ListenAddress | undefined {
   return { hostname, port };
 }
 
-const listen = z
-  .string()
-  .refine((s) => parseListen(s) !== undefined, {
-    message: 'must be "host:port" or "[ipv6]:port" with port 0–65535, e.g. "0.0.0.0:443"',
-  });
+const listen = z.string().refine((s) => parseListen(s) !== undefined, {
+  message: 'must be "host:port" or "[ipv6]:port" with port 0–65535, e.g. "0.0.0.0:443"',
+});
 
 const listenList = (def: string[], what: string) => z.array(listen).default(def).describe(what);
 
