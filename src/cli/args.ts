@@ -1,15 +1,22 @@
 /**
- * The argv parser every command uses: `--flag value`, `--flag=value`, booleans as bare `--flag` or
- * `--flag=true|false` (the vendor tool's style), repeated flags collected into lists, positional words kept in
- * order. Unknown flags are errors with a did-you-mean, so a typo never silently becomes a default.
+ * The argv parser every command uses: `--flag value`, `--flag=value`, booleans as bare `--flag`, `--flag=true|false`
+ * or `--flag true|false` (the vendor tool's style), list flags collected in order when repeated, positional words
+ * kept in order (`--` ends the flags). Unknown flags are errors with a did-you-mean, and a single-valued flag given
+ * twice with different values is an error, so a typo or a pasted duplicate never silently becomes a setting.
+ *
+ * @example
+ * const r = parseArgs(["check", "--config=/etc/x.toml"], [{ name: "config", kind: "string", help: "file" }]);
+ * // { ok: true, args: { flags: Map { "config" => "/etc/x.toml" }, positional: ["check"] } }
  */
-import { nearest } from "../config/load.ts";
+import { nearest } from "../config/keys.ts";
 
 export interface FlagSpec {
-  readonly name: string; // without the dashes
+  /** Without the dashes: "broker-url". */
+  readonly name: string;
+  /** "list": may be repeated, values collected in order. */
   readonly kind: "string" | "boolean" | "list";
   readonly help: string;
-  /** Shown in help: what the value looks like. */
+  /** Shown in help: what the value looks like ("FILE", "URL"). */
   readonly value?: string;
 }
 
@@ -20,17 +27,26 @@ export interface ParsedArgs {
 
 export type ArgsResult = { ok: true; args: ParsedArgs } | { ok: false; error: string };
 
+const TRUE = /^(true|yes|1)$/i;
+const FALSE = /^(false|no|0)$/i;
+
 export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): ArgsResult {
   const byName = new Map(specs.map((s) => [s.name, s]));
   const flags = new Map<string, string | boolean | string[]>();
   const positional: string[] = [];
+  const fail = (error: string): ArgsResult => ({ ok: false, error });
+
   for (let i = 0; i < argv.length; i++) {
-    const word = argv[i]!;
+    let word = argv[i]!;
     if (word === "--") {
       positional.push(...argv.slice(i + 1));
       break;
     }
-    if (!word.startsWith("--") || word === "--") {
+    if (word === "-h" && byName.has("help")) word = "--help";
+    if (/^-[^-\d]/.test(word)) {
+      return fail(`unknown option ${word}: options are spelled with two dashes (--name)`);
+    }
+    if (!word.startsWith("--")) {
       positional.push(word);
       continue;
     }
@@ -39,33 +55,40 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
     const spec = byName.get(name);
     if (!spec) {
       const guess = nearest(name, [...byName.keys()]);
-      return { ok: false, error: `unknown option --${name}${guess ? ` (did you mean --${guess}?)` : ""}` };
+      return fail(`unknown option --${name}${guess ? ` (did you mean --${guess}?)` : ""}`);
     }
     let value: string | undefined = eq < 0 ? undefined : word.slice(eq + 1);
+
     if (spec.kind === "boolean") {
-      if (value === undefined) {
-        const next = argv[i + 1];
-        if (next === "true" || next === "false") {
-          value = next;
-          i++;
-        }
+      const next = argv[i + 1];
+      if (value === undefined && (next === "true" || next === "false")) {
+        value = next;
+        i++;
       }
-      if (value === undefined || /^(true|yes|1)$/i.test(value)) flags.set(name, true);
-      else if (/^(false|no|0)$/i.test(value)) flags.set(name, false);
-      else return { ok: false, error: `--${name}=${value}: must be true or false` };
+      let b: boolean;
+      if (value === undefined || TRUE.test(value)) b = true;
+      else if (FALSE.test(value)) b = false;
+      else return fail(`--${name}=${value}: must be true or false`);
+      const prev = flags.get(name);
+      if (prev !== undefined && prev !== b) return fail(`--${name} is given twice with different values`);
+      flags.set(name, b);
       continue;
     }
+
     if (value === undefined) {
       const next = argv[i + 1];
-      if (next === undefined || (next.startsWith("--") && next.length > 2))
-        return { ok: false, error: `--${name} needs a value${spec.value ? ` (${spec.value})` : ""}` };
+      if (next === undefined || next.startsWith("--"))
+        return fail(`--${name} needs a value${spec.value ? ` (${spec.value})` : ""}`);
       value = next;
       i++;
     }
-    if (spec.kind === "list") {
-      const prev = flags.get(name);
-      flags.set(name, [...(Array.isArray(prev) ? prev : []), value]);
-    } else flags.set(name, value);
+    const prev = flags.get(name);
+    if (spec.kind === "list") flags.set(name, [...(Array.isArray(prev) ? prev : []), value]);
+    else if (prev !== undefined && prev !== value)
+      return fail(
+        `--${name} is given twice (${JSON.stringify(prev)} and ${JSON.stringify(value)}): give it once`,
+      );
+    else flags.set(name, value);
   }
   return { ok: true, args: { flags, positional } };
 }
@@ -80,6 +103,7 @@ export function flagBool(args: ParsedArgs, name: string): boolean | undefined {
   return typeof v === "boolean" ? v : undefined;
 }
 
+/** The values of a list flag in the order given; [] when absent. */
 export function flagList(args: ParsedArgs, name: string): string[] {
   const v = args.flags.get(name);
   return Array.isArray(v) ? v : [];
@@ -87,13 +111,10 @@ export function flagList(args: ParsedArgs, name: string): string[] {
 
 /** The option table of a command's --help. */
 export function formatFlags(specs: readonly FlagSpec[]): string {
-  const rows = specs.map(
-    (s) =>
-      [
-        `--${s.name}${s.kind === "boolean" ? "[=true|false]" : ` ${s.value ?? "VALUE"}`}${s.kind === "list" ? " (repeatable)" : ""}`,
-        s.help,
-      ] as const,
-  );
-  const width = Math.min(44, Math.max(...rows.map(([l]) => l.length)));
+  const rows = specs.map((s) => {
+    const value = s.kind === "boolean" ? "[=true|false]" : ` ${s.value ?? "VALUE"}`;
+    return [`--${s.name}${value}${s.kind === "list" ? " (repeatable)" : ""}`, s.help] as const;
+  });
+  const width = Math.min(44, Math.max(0, ...rows.map(([l]) => l.length)));
   return rows.map(([l, h]) => `  ${l.padEnd(width)}  ${h}`).join("\n");
 }

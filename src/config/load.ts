@@ -1,18 +1,40 @@
 /**
  * Loading the configuration: built-in defaults < TOML file < environment (`PCOIP_CMSG_<SECTION>_<KEY>`) <
- * command-line flags, validated by the one schema. Each source is an adapter into one plain object, and every
- * message names where the bad value came from (FILE:LINE, the variable, the flag), the key, the value and
- * what is allowed. Unknown keys are errors in strict mode (`config check`, `install`) and warnings otherwise
- * (`run`), so a downgraded binary still starts on a newer file. User errors are values, never throws.
+ * command-line flags, validated by the one schema. Each source is an adapter into one plain object (caddy's
+ * config adapters), and every message names where the bad value came from (FILE:LINE, the variable, the flag), the
+ * key, the value and what is allowed:
+ *
+ *   pcoip-cmsg.toml:12: sg.maxSessions = -5: must be an integer from 1 to 1000000
+ *
+ * Unknown keys are errors in strict mode (`config check`, `install`) and warnings otherwise (`run`), so a
+ * downgraded binary still starts on a newer file. User errors are values; a throw here is a bug.
+ *
+ * @example
+ * const r = loadConfig({ file: "/etc/pcoip-cmsg/pcoip-cmsg.toml", env: process.env, strict: true });
+ * if (!r.ok) for (const e of r.errors) console.error(e);
  */
 import { readFileSync } from "node:fs";
 import type { z } from "zod";
-import { type Config, configSchema } from "./schema.ts";
+import { readEnvironment } from "./env.ts";
+import { describeKeys, envVarName, type KeyInfo, nearest, tableListElement, tableShape } from "./keys.ts";
+import { adviceFor, type Config, configSchema, deepFreeze } from "./schema.ts";
+
+export { describeKeys, envVarName, type KeyInfo, nearest };
 
 export type LoadResult =
-  | { readonly ok: true; readonly config: Readonly<Config>; readonly warnings: readonly string[] }
+  | {
+      readonly ok: true;
+      readonly config: Readonly<Config>;
+      /** Everything to show: `ignored` then `advice`. */
+      readonly warnings: readonly string[];
+      /** Lenient mode: unknown keys and variables that were skipped (a newer version may know them). */
+      readonly ignored: readonly string[];
+      /** Valid values that are probably not what was meant (see schema.ts adviceFor). */
+      readonly advice: readonly string[];
+    }
   | { readonly ok: false; readonly errors: readonly string[]; readonly warnings: readonly string[] };
 
+/** A command-line flag's value for one key (the highest-precedence source). */
 export interface FlagValue {
   /** Dotted key path, e.g. "sg.maxSessions" or "externalPcoipIp". */
   readonly path: string;
@@ -22,438 +44,370 @@ export interface FlagValue {
 }
 
 export interface LoadOptions {
-  /** Path of the TOML file; omitted = defaults only. */
+  /** Path of the TOML file, also the name messages use; omitted = defaults (and env, flags) only. */
   readonly file?: string;
-  /** The file's text (tests; or already read). */
+  /** The file's text, when already read (tests, `configure` before writing). */
   readonly text?: string;
   readonly env?: Readonly<Record<string, string | undefined>>;
   readonly flags?: readonly FlagValue[];
+  /** true: unknown keys and variables are errors (config check, install); false: warnings (run). */
   readonly strict: boolean;
 }
 
-export type KeyKind =
-  | "string"
-  | "number"
-  | "boolean"
-  | "enum"
-  | "array"
-  | "string-or-array"
-  | "object"
-  | "object-array";
-
-export interface KeyInfo {
-  readonly path: string;
-  readonly kind: KeyKind;
-  readonly description: string;
-  readonly defaultValue: unknown;
-  readonly allowed?: readonly string[];
-  readonly envName?: string;
+/** Every key path, as `config schema` lists them ("sg.maxSessions", "desktops.*.agent"). */
+export function keyPaths(): string[] {
+  return describeKeys().map((k) => k.path);
 }
 
-type AnySchema = z.ZodType;
-interface Def {
-  type: string;
-  innerType?: AnySchema;
-  shape?: Record<string, AnySchema>;
-  element?: AnySchema;
-  options?: AnySchema[];
-  entries?: Record<string, string>;
-  defaultValue?: unknown;
-  in?: AnySchema;
-}
-const defOf = (s: AnySchema): Def => (s as unknown as { _zod: { def: Def } })._zod.def;
-
-/** Follows default/prefault/optional wrappers to the schema that says what the value is. */
-function unwrap(s: AnySchema): { core: AnySchema; defaultValue: unknown; description: string } {
-  let cur = s;
-  let defaultValue: unknown;
-  const description = s.description ?? "";
-  for (;;) {
-    const d = defOf(cur);
-    if ((d.type === "default" || d.type === "prefault") && d.innerType) {
-      if (defaultValue === undefined)
-        defaultValue =
-          typeof d.defaultValue === "function" ? (d.defaultValue as () => unknown)() : d.defaultValue;
-      cur = d.innerType;
-    } else if ((d.type === "optional" || d.type === "nullable" || d.type === "readonly") && d.innerType)
-      cur = d.innerType;
-    else if (d.type === "pipe" && d.in) cur = d.in;
-    else return { core: cur, defaultValue, description: description || cur.description || "" };
-  }
-}
-
-function kindOf(core: AnySchema): { kind: KeyKind; allowed?: string[] } {
-  const d = defOf(core);
-  switch (d.type) {
-    case "string":
-      return { kind: "string" };
-    case "number":
-      return { kind: "number" };
-    case "boolean":
-      return { kind: "boolean" };
-    case "enum":
-      return { kind: "enum", allowed: Object.values(d.entries ?? {}) };
-    case "literal":
-      return { kind: "string" };
-    case "array": {
-      const el = d.element ? defOf(unwrap(d.element).core) : undefined;
-      if (el?.type === "object") return { kind: "object-array" };
-      const inner = d.element ? kindOf(unwrap(d.element).core) : undefined;
-      return { kind: "array", ...(inner?.allowed ? { allowed: inner.allowed } : {}) };
-    }
-    case "union":
-      return (d.options ?? []).some((o) => defOf(unwrap(o).core).type === "array")
-        ? { kind: "string-or-array" }
-        : { kind: "string" };
-    case "object":
-      return { kind: "object" };
-    default:
-      return { kind: "string" };
-  }
-}
-
-function shapeOf(core: AnySchema): Record<string, AnySchema> | undefined {
-  const d = defOf(core);
-  return d.type === "object" ? d.shape : undefined;
-}
-
-/** Every key of the schema, depth-first, with its kind, default, description and environment variable. */
-export function describeKeys(): KeyInfo[] {
-  const out: KeyInfo[] = [];
-  const walk = (shape: Record<string, AnySchema>, prefix: string[], envAllowed: boolean) => {
-    for (const [key, schema] of Object.entries(shape)) {
-      const { core, defaultValue, description } = unwrap(schema);
-      const path = [...prefix, key];
-      const { kind, allowed } = kindOf(core);
-      const sub = shapeOf(core);
-      if (kind === "object" && sub) {
-        walk(sub, path, envAllowed);
-        continue;
-      }
-      out.push({
-        path: path.join("."),
-        kind,
-        description,
-        defaultValue,
-        ...(allowed ? { allowed } : {}),
-        ...(envAllowed && kind !== "object-array" ? { envName: envVarName(path.join(".")) } : {}),
-      });
-      if (kind === "object-array") {
-        const el = defOf(core).element;
-        const elShape = el ? shapeOf(unwrap(el).core) : undefined;
-        if (elShape) walk(elShape, [...path, "*"], false);
-      }
-    }
-  };
-  walk(shapeOf(unwrap(configSchema).core)!, [], true);
-  return out;
-}
-
-/** "sg.maxSessions" → "PCOIP_CMSG_SG_MAXSESSIONS". */
-export function envVarName(path: string): string {
-  return `PCOIP_CMSG_${path.split(".").join("_").toUpperCase()}`;
-}
-
-let keyIndex: Map<string, KeyInfo> | undefined;
-function keys(): Map<string, KeyInfo> {
-  keyIndex ??= new Map(describeKeys().map((k) => [k.path, k]));
-  return keyIndex;
-}
+type Source = { readonly kind: "file" } | { readonly kind: "env" | "flag"; readonly name: string };
+type Raw = Record<string, unknown>;
 
 export function loadConfig(opts: LoadOptions): LoadResult {
   const errors: string[] = [];
-  const warnings: string[] = [];
-  const sources = new Map<string, string>(); // key path → where its value came from
-  let raw: Record<string, unknown> = {};
+  const ignored: string[] = [];
+  const unknownKey = (message: string) => {
+    if (opts.strict) errors.push(message);
+    else ignored.push(`${message}; ignored`);
+  };
+  const label = opts.file ?? "config";
+  const keys = describeKeys();
+
   let text = opts.text;
-  const fileLabel = opts.file ?? "config";
-
   if (text === undefined && opts.file !== undefined) {
-    try {
-      text = readFileSync(opts.file, "utf8");
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      const fix =
-        code === "ENOENT"
-          ? "create it (see config/pcoip-cmsg.example.toml) or run `pcoip-cmsg install`"
-          : "check its permissions (the service user must be able to read it)";
-      return {
-        ok: false,
-        errors: [`reading ${opts.file}: ${code ?? (e as Error).message}: ${fix}`],
-        warnings,
-      };
-    }
+    const read = readConfigFile(opts.file);
+    if (!read.ok) return { ok: false, errors: [read.error], warnings: ignored };
+    text = read.text;
   }
+
+  let raw: Raw = {};
+  const lines = new Map<string, number>();
+  const sources = new Map<string, Source>();
   if (text !== undefined) {
-    try {
-      raw = Bun.TOML.parse(text.replace(/\r\n/g, "\n")) as Record<string, unknown>;
-    } catch (e) {
-      const err = e as { message?: string; line?: number };
-      // Bun reports a 0-based line, but not always a sane one: only a line inside the file is shown.
-      const lineCount = text.split("\n").length;
-      const where =
-        typeof err.line === "number" && err.line >= 0 && err.line < lineCount
-          ? `${fileLabel}:${err.line + 1}`
-          : fileLabel;
+    text = text.replace(/^\uFEFF/, "").replace(/\r\n/g, "\n");
+    const parsed = parseToml(text);
+    if (!parsed.ok) {
       return {
         ok: false,
-        errors: [`${where}: not valid TOML: ${String(err.message ?? e).replace(/^TOML Parse error: /, "")}`],
-        warnings,
+        errors: [`${label}${parsed.line ? `:${parsed.line}` : ""}: not valid TOML: ${parsed.error}`],
+        warnings: ignored,
       };
     }
-    for (const path of leafPaths(raw)) sources.set(path, `${fileLabel}${lineSuffix(text, path)}`);
-  }
-
-  // Unknown keys anywhere in the file.
-  for (const problem of unknownKeys(raw)) {
-    const msg = `${fileLabel}${text ? lineSuffix(text, problem.path) : ""}: unknown key "${problem.path}"${problem.suggestion ? ` (did you mean "${problem.suggestion}"?)` : ""}`;
-    (opts.strict ? errors : warnings).push(opts.strict ? msg : `${msg}; ignored`);
-    deletePath(raw, problem.path);
-  }
-
-  // Environment overrides.
-  const env = opts.env ?? {};
-  const byEnv = new Map([...keys().values()].filter((k) => k.envName).map((k) => [k.envName!, k]));
-  for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith("PCOIP_CMSG_") || value === undefined) continue;
-    const info = byEnv.get(name);
-    if (!info) {
-      const suggestion = nearest(name, [...byEnv.keys()]);
-      const msg = `${name}: not a configuration variable${suggestion ? ` (did you mean ${suggestion}?)` : ""}`;
-      (opts.strict ? errors : warnings).push(opts.strict ? msg : `${msg}; ignored`);
-      continue;
+    raw = parsed.value;
+    for (const [path, line] of indexTomlLines(text)) lines.set(path, line);
+    for (const path of leafPaths(raw)) sources.set(path, { kind: "file" });
+    const at = (path: string) => `${label}${lineSuffix(lines, path.split("."))}`;
+    for (const u of unknownKeys(raw, keys)) {
+      unknownKey(
+        `${at(u.path)}: unknown key "${displayPath(u.path)}"${u.suggestion ? ` (did you mean "${u.suggestion}"?)` : ""}`,
+      );
+      deletePath(raw, u.path.split("."));
     }
-    setPath(raw, info.path, coerceEnv(value, info.kind));
-    sources.set(info.path, name);
   }
 
-  // Flags.
+  const env = readEnvironment(opts.env ?? {}, keys);
+  for (const u of env.unknown)
+    unknownKey(
+      `${u.variable}: not a configuration variable${u.suggestion ? ` (did you mean ${u.suggestion}?)` : ""}`,
+    );
+  for (const o of env.overrides) override(raw, sources, o.path, o.value, { kind: "env", name: o.variable });
+
+  const known = new Set(keys.map((k) => k.path));
   for (const f of opts.flags ?? []) {
-    setPath(raw, f.path, f.value);
-    sources.set(f.path, f.flag);
+    if (!known.has(f.path)) throw new TypeError(`loadConfig: flag ${f.flag} maps to unknown key "${f.path}"`);
+    override(raw, sources, f.path, f.value, { kind: "flag", name: f.flag });
   }
 
+  const where = (path: readonly string[]) => {
+    const s = sourceOf(sources, path);
+    if (!s) return label;
+    return s.kind === "file" ? `${label}${lineSuffix(lines, path)}` : s.name;
+  };
+  let defaultConfig: Config | undefined;
+  const defaults = () => {
+    defaultConfig ??= configSchema.parse({});
+    return defaultConfig;
+  };
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
-      const path = issue.path.map(String).join(".");
-      const source = sourceFor(sources, issue.path.map(String)) ?? fileLabel;
-      const value = getPath(raw, issue.path.map(String));
-      const shown = value === undefined ? "(missing)" : JSON.stringify(value);
-      errors.push(`${source}: ${path || "(top level)"} = ${shown}: ${humanMessage(issue, value)}`);
+      const path = issue.path.map(String);
+      // A rule between keys may name a key the sources left out: show the default it had.
+      const given = getPath(raw, path);
+      const value = given === undefined && issue.code === "custom" ? getPath(defaults(), path) : given;
+      errors.push(
+        `${where(path)}: ${displayPath(path.join(".")) || "(top level)"} = ${showValue(path, value)}: ${humanMessage(issue, value)}`,
+      );
     }
   }
-  if (errors.length > 0 || !parsed.success) return { ok: false, errors, warnings };
-  return { ok: true, config: deepFreeze(parsed.data), warnings };
+  if (errors.length > 0 || !parsed.success) return { ok: false, errors, warnings: ignored };
+
+  const advice = adviceFor(parsed.data).map((a) => {
+    const path = a.path.map(String);
+    return `${where(path)}: ${displayPath(path.join("."))}: ${a.message}`;
+  });
+  return { ok: true, config: deepFreeze(parsed.data), warnings: [...ignored, ...advice], ignored, advice };
 }
 
-function humanMessage(issue: z.core.$ZodIssue, value: unknown): string {
-  if (issue.code === "invalid_type") {
-    const expected = (issue as { expected?: string }).expected;
-    if (value === undefined) return `is required (a ${expected})`;
-    return expected === "array" ? 'must be a list, e.g. ["a", "b"]' : `must be a ${expected}`;
-  }
-  return issue.message;
-}
+// ── the file ─────────────────────────────────────────────────────────────────────────────────────────────────────
 
-function coerceEnv(value: string, kind: KeyKind): unknown {
-  const v = value.trim();
-  switch (kind) {
-    case "number":
-      return /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v;
-    case "boolean":
-      if (/^(true|1|yes|on)$/i.test(v)) return true;
-      if (/^(false|0|no|off)$/i.test(v)) return false;
-      return v;
-    case "array":
-      return splitList(v);
-    case "string-or-array":
-      return v.includes(",") || v.startsWith("[") ? splitList(v) : v;
-    default:
-      return value;
+function readConfigFile(file: string): { ok: true; text: string } | { ok: false; error: string } {
+  try {
+    return { ok: true, text: readFileSync(file, "utf8") };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "";
+    const why: Record<string, string> = {
+      ENOENT: "no such file: create it from pcoip-cmsg.example.toml, or run `pcoip-cmsg install`",
+      EACCES: "permission denied: the file must be readable by the user running pcoip-cmsg",
+      EISDIR: "it is a directory: name the .toml file itself",
+    };
+    return { ok: false, error: `reading ${file}: ${why[code] ?? (e as Error).message}` };
   }
 }
 
-function splitList(v: string): unknown {
-  if (v.startsWith("[")) {
+/**
+ * Bun's TOML parser says what is wrong but not where (its error's `line` is the JavaScript caller's). The line is
+ * found by parsing prefixes of the text: the error sits on the first line whose prefix fails the same way. A
+ * construct left open at the end (array, multi-line string) fails every prefix from its first line on, so for those
+ * the search walks back from the end instead.
+ */
+function parseToml(text: string): { ok: true; value: Raw } | { ok: false; error: string; line?: number } {
+  const attempt = (t: string): string | undefined => {
     try {
-      return JSON.parse(v);
-    } catch {
-      return v;
-    }
-  }
-  return v
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-}
-
-interface UnknownKey {
-  path: string;
-  suggestion?: string;
-}
-
-function unknownKeys(raw: Record<string, unknown>): UnknownKey[] {
-  const out: UnknownKey[] = [];
-  const all = [...keys().keys()];
-  const walk = (value: Record<string, unknown>, prefix: string[], known: Record<string, AnySchema>) => {
-    for (const [k, v] of Object.entries(value)) {
-      const schema = known[k];
-      const path = [...prefix, k];
-      if (!schema) {
-        const sibling = nearest(k, Object.keys(known));
-        const suggestion = sibling
-          ? [...prefix, sibling].join(".")
-          : nearestByLeaf(
-              k,
-              all.filter((p) => !p.includes("*")),
-            );
-        out.push({ path: path.join("."), ...(suggestion ? { suggestion } : {}) });
-        continue;
-      }
-      const { core } = unwrap(schema);
-      const sub = shapeOf(core);
-      if (sub && v && typeof v === "object" && !Array.isArray(v))
-        walk(v as Record<string, unknown>, path, sub);
-      const d = defOf(core);
-      if (d.type === "array" && Array.isArray(v) && d.element) {
-        const elShape = shapeOf(unwrap(d.element).core);
-        if (elShape) {
-          for (const [i, item] of v.entries()) {
-            if (item && typeof item === "object")
-              walk(item as Record<string, unknown>, [...path, String(i)], elShape);
-          }
-        }
-      }
+      Bun.TOML.parse(t);
+      return undefined;
+    } catch (e) {
+      return String((e as Error).message ?? e);
     }
   };
-  walk(raw, [], shapeOf(unwrap(configSchema).core)!);
-  return out;
-}
-
-/** The nearest candidate by edit distance, when it is close enough to be a typo. */
-export function nearest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Number.POSITIVE_INFINITY;
-  for (const c of candidates) {
-    const d = editDistance(word.toLowerCase(), c.toLowerCase());
-    if (d < bestDistance) {
-      best = c;
-      bestDistance = d;
+  try {
+    return { ok: true, value: Bun.TOML.parse(text) as Raw };
+  } catch (e) {
+    const message = String((e as Error).message ?? e);
+    const error = message.replace(/^TOML Parse error: /, "");
+    const lines = text.split("\n");
+    const prefix = (n: number) => `${lines.slice(0, n).join("\n")}\n`;
+    const fails = (n: number) => attempt(prefix(n)) === message;
+    if (!fails(lines.length)) return { ok: false, error };
+    let line: number;
+    // The walk back costs one parse per line; past a few thousand lines the bisection's answer has to do.
+    if (/unterminated/i.test(message) && lines.length <= 5000) {
+      line = lines.length;
+      while (line > 1 && attempt(prefix(line - 1)) !== undefined) line--;
+    } else {
+      let lo = 0; // prefix(lo) does not fail this way
+      let hi = lines.length; // prefix(hi) does
+      while (hi - lo > 1) {
+        const mid = (lo + hi) >> 1;
+        if (fails(mid)) hi = mid;
+        else lo = mid;
+      }
+      line = hi;
     }
+    return { ok: false, error, line };
   }
-  return best !== undefined && bestDistance <= Math.max(2, Math.floor(word.length / 3)) ? best : undefined;
 }
 
-function nearestByLeaf(leaf: string, paths: readonly string[]): string | undefined {
-  const leaves = paths.map((p) => p.split(".").pop()!);
-  const hit = nearest(leaf, leaves);
-  return hit ? paths[leaves.indexOf(hit)] : undefined;
-}
-
-function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
-    }
-  }
-  return row[b.length]!;
-}
-
-function leafPaths(obj: Record<string, unknown>, prefix: string[] = []): string[] {
-  const out: string[] = [];
-  for (const [k, v] of Object.entries(obj)) {
-    const p = [...prefix, k];
-    if (v && typeof v === "object" && !Array.isArray(v))
-      out.push(...leafPaths(v as Record<string, unknown>, p));
-    else if (Array.isArray(v) && v.some((x) => x && typeof x === "object")) {
-      v.forEach((x, i) => {
-        if (x && typeof x === "object")
-          out.push(...leafPaths(x as Record<string, unknown>, [...p, String(i)]));
-      });
-    } else out.push(p.join("."));
-  }
-  return out;
-}
-
-function sourceFor(sources: Map<string, string>, path: string[]): string | undefined {
-  // The key itself, else the nearest enclosing table that has a key we saw (a missing key, a section rule).
-  for (let n = path.length; n > 0; n--) {
-    const prefix = path.slice(0, n).join(".");
-    const hit = sources.get(prefix);
-    if (hit) return hit;
-    for (const [k, v] of sources) if (k.startsWith(`${prefix}.`)) return v;
-  }
-  return undefined;
-}
-
-/** ":LINE" of a dotted key in TOML text (tables, [[arrays]] by index), or "" when not found. */
-export function lineSuffix(text: string, path: string): string {
-  const parts = path.split(".");
-  const lines = text.split("\n");
+/**
+ * Key path → line number for every table header and key line ("desktops.1" is the second [[desktops]]), so
+ * that a message can point at the line of the key, or of the nearest enclosing table when the key is missing.
+ */
+export function indexTomlLines(text: string): Map<string, number> {
+  const index = new Map<string, number>();
+  const tableCounts = new Map<string, number>();
   let table: string[] = [];
-  const arrayCounts = new Map<string, number>();
-  let arrayIndex = -1;
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!.trim();
-    const arr = /^\[\[\s*([^\]]+?)\s*\]\]/.exec(line);
-    const tbl = /^\[\s*([^\]]+?)\s*\]/.exec(line);
-    if (arr) {
-      table = arr[1]!.split(".").map((s) => s.trim());
-      const n = (arrayCounts.get(arr[1]!) ?? -1) + 1;
-      arrayCounts.set(arr[1]!, n);
-      arrayIndex = n;
-      continue;
+  let openString: string | undefined; // inside a multi-line string: its lines are not keys
+  const remember = (path: readonly string[], line: number) => {
+    for (let n = 1; n <= path.length; n++) {
+      const key = path.slice(0, n).join(".");
+      if (!index.has(key)) index.set(key, line);
     }
-    if (tbl) {
-      table = tbl[1]!.split(".").map((s) => s.trim());
-      arrayIndex = -1;
-      continue;
+  };
+  text.split("\n").forEach((raw, i) => {
+    const line = raw.trim();
+    if (openString) {
+      if (countOf(line, openString) % 2 === 1) openString = undefined;
+      return;
     }
-    const kv = /^("?)([A-Za-z0-9_-]+)\1\s*=/.exec(line);
-    if (!kv) continue;
-    const full = arrayIndex >= 0 ? [...table, String(arrayIndex), kv[2]!] : [...table, kv[2]!];
-    if (full.join(".") === parts.join(".")) return `:${i + 1}`;
+    const arrayTable = /^\[\[\s*(.+?)\s*\]\]/.exec(line);
+    const plainTable = arrayTable ? undefined : /^\[\s*([^[\]]+?)\s*\]/.exec(line);
+    if (arrayTable) {
+      const name = splitDottedKey(arrayTable[1]!);
+      const n = (tableCounts.get(name.join(".")) ?? -1) + 1;
+      tableCounts.set(name.join("."), n);
+      table = [...name, String(n)];
+      remember(table, i + 1);
+      return;
+    }
+    if (plainTable) {
+      table = splitDottedKey(plainTable[1]!);
+      remember(table, i + 1);
+      return;
+    }
+    const kv =
+      /^((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=(.*)$/.exec(
+        line,
+      );
+    if (!kv) return;
+    remember([...table, ...splitDottedKey(kv[1]!)], i + 1);
+    for (const q of ['"""', "'''"]) if (countOf(kv[2]!, q) % 2 === 1) openString = q;
+  });
+  return index;
+}
+
+function countOf(s: string, what: string): number {
+  return s.split(what).length - 1;
+}
+
+function splitDottedKey(s: string): string[] {
+  return [...s.matchAll(/"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+)/g)].map((m) => m[1] ?? m[2] ?? m[3]!);
+}
+
+/** ":LINE" of the key, or of its nearest enclosing table or key found in the file; "" when none is. */
+function lineSuffix(lines: ReadonlyMap<string, number>, path: readonly string[]): string {
+  for (let n = path.length; n > 0; n--) {
+    const line = lines.get(path.slice(0, n).join("."));
+    if (line !== undefined) return `:${line}`;
   }
   return "";
 }
 
-function setPath(obj: Record<string, unknown>, path: string, value: unknown): void {
-  const parts = path.split(".");
-  let cur = obj;
-  for (const p of parts.slice(0, -1)) {
-    const next = cur[p];
-    if (!next || typeof next !== "object" || Array.isArray(next)) cur[p] = {};
-    cur = cur[p] as Record<string, unknown>;
-  }
-  cur[parts[parts.length - 1]!] = value;
+// ── unknown keys ─────────────────────────────────────────────────────────────────────────────────────────────────
+
+interface UnknownKey {
+  readonly path: string;
+  readonly suggestion?: string;
 }
 
-function getPath(obj: unknown, path: readonly string[]): unknown {
-  let cur = obj;
+/** Keys of the file that the schema does not know, each with the most likely intended key. */
+function unknownKeys(raw: Raw, keys: readonly KeyInfo[]): UnknownKey[] {
+  const out: UnknownKey[] = [];
+  const topLevel = keys.filter((k) => !k.path.includes("*")).map((k) => k.path);
+  const walk = (value: Raw, prefix: string[], shape: Record<string, z.ZodType>) => {
+    for (const [key, v] of Object.entries(value)) {
+      const schema = shape[key];
+      const path = [...prefix, key];
+      if (!schema) {
+        const suggestion = suggest(key, prefix, Object.keys(shape), topLevel);
+        out.push({ path: path.join("."), ...(suggestion ? { suggestion } : {}) });
+        continue;
+      }
+      const sub = tableShape(schema);
+      if (sub && isTable(v)) walk(v, path, sub);
+      const element = tableListElement(schema);
+      const elementShape = element ? tableShape(element) : undefined;
+      if (elementShape && Array.isArray(v))
+        v.forEach((item, i) => {
+          if (isTable(item)) walk(item, [...path, String(i)], elementShape);
+        });
+    }
+  };
+  walk(raw, [], tableShape(configSchema)!);
+  return out;
+}
+
+/**
+ * A key of the same name in another section wins ("maxSessions" under [cm] → "sg.maxSessions"), then a close
+ * sibling ("maxSesions" → "sg.maxSessions"), then any key whose own name is close.
+ */
+function suggest(key: string, prefix: string[], siblings: string[], all: string[]): string | undefined {
+  const inTableList = prefix.some((p) => /^\d+$/.test(p));
+  const local = (k: string) => displayPath([...prefix, k].join("."));
+  const elsewhere = inTableList
+    ? undefined
+    : all.find((p) => p.split(".").pop()!.toLowerCase() === key.toLowerCase());
+  if (elsewhere) return elsewhere;
+  const sibling = nearest(key, siblings);
+  if (sibling) return local(sibling);
+  if (inTableList) return undefined;
+  const leaves = all.map((p) => p.split(".").pop()!);
+  const leaf = nearest(key, leaves);
+  return leaf ? all[leaves.indexOf(leaf)] : undefined;
+}
+
+// ── overrides, sources, messages ─────────────────────────────────────────────────────────────────────────────────
+
+function override(
+  raw: Raw,
+  sources: Map<string, Source>,
+  path: string,
+  value: unknown,
+  source: Source,
+): void {
+  const parts = path.split(".");
+  let cur = raw;
+  for (const p of parts.slice(0, -1)) {
+    if (!isTable(cur[p])) cur[p] = {};
+    cur = cur[p] as Raw;
+  }
+  cur[parts[parts.length - 1]!] = value;
+  for (const k of [...sources.keys()]) if (k === path || k.startsWith(`${path}.`)) sources.delete(k);
+  sources.set(path, source);
+}
+
+/** Where the value at `path` came from: the key itself or an enclosing one, else the nearest related key. */
+function sourceOf(sources: ReadonlyMap<string, Source>, path: readonly string[]): Source | undefined {
+  for (let n = path.length; n > 0; n--) {
+    const hit = sources.get(path.slice(0, n).join("."));
+    if (hit) return hit;
+  }
+  for (let n = path.length; n >= 0; n--) {
+    const prefix = n === 0 ? "" : `${path.slice(0, n).join(".")}.`;
+    for (const [k, s] of sources) if (k.startsWith(prefix)) return s;
+  }
+  return undefined;
+}
+
+function leafPaths(value: Raw, prefix: string[] = []): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(value)) {
+    const p = [...prefix, k];
+    if (isTable(v)) out.push(...leafPaths(v, p));
+    else if (Array.isArray(v) && v.some(isTable))
+      v.forEach((item, i) => {
+        if (isTable(item)) out.push(...leafPaths(item, [...p, String(i)]));
+      });
+    else out.push(p.join("."));
+  }
+  return out;
+}
+
+/** "desktops.1.agent" → "desktops[1].agent", "cm.listen.0" → "cm.listen[0]". */
+function displayPath(path: string): string {
+  return path.replace(/\.(\d+)(?=\.|$)/g, "[$1]");
+}
+
+const SECRET_KEY = /token|password/i;
+
+function showValue(path: readonly string[], value: unknown): string {
+  if (value === undefined) return "(missing)";
+  if (SECRET_KEY.test(path.join(".")) && !/file$/i.test(path.join(".")) && value !== "") return "(hidden)";
+  const shown = JSON.stringify(value) ?? String(value);
+  return shown.length > 120 ? `${shown.slice(0, 117)}...` : shown;
+}
+
+function humanMessage(issue: z.core.$ZodIssue, value: unknown): string {
+  if (issue.code === "invalid_type" && value === undefined) return "is required";
+  if (issue.message.startsWith("Invalid input")) {
+    const expected = (issue as { expected?: string }).expected;
+    return expected === "object" ? "must be a table" : `must be a ${expected ?? "valid value"}`;
+  }
+  return issue.message;
+}
+
+function isTable(v: unknown): v is Raw {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
+}
+
+function getPath(value: unknown, path: readonly string[]): unknown {
+  let cur = value;
   for (const p of path) {
-    if (!cur || typeof cur !== "object") return undefined;
-    cur = (cur as Record<string, unknown>)[p];
+    if (typeof cur !== "object" || cur === null) return undefined;
+    cur = (cur as Raw)[p];
   }
   return cur;
 }
 
-function deletePath(obj: Record<string, unknown>, path: string): void {
-  const parts = path.split(".");
-  const parent = getPath(obj, parts.slice(0, -1));
-  if (parent && typeof parent === "object")
-    delete (parent as Record<string, unknown>)[parts[parts.length - 1]!];
-}
-
-function deepFreeze<T>(value: T): T {
-  if (value && typeof value === "object") {
-    for (const v of Object.values(value)) deepFreeze(v);
-    Object.freeze(value);
-  }
-  return value;
+function deletePath(raw: Raw, path: readonly string[]): void {
+  const parent = getPath(raw, path.slice(0, -1));
+  if (typeof parent === "object" && parent !== null) delete (parent as Raw)[path[path.length - 1]!];
 }

@@ -14,10 +14,14 @@ export interface ProvisionOptions {
   readonly hostAddresses: readonly string[];
 }
 
-export async function provisionServerCertificate(o: ProvisionOptions): Promise<LoadResult & { generated?: boolean }> {
+export async function provisionServerCertificate(
+  o: ProvisionOptions,
+): Promise<LoadResult & { generated?: boolean }> {
   let generated = false;
   if (o.selfSigned && !existsSync(o.certFile) && !existsSync(o.keyFile)) {
-    const pair = await generateSelfSigned({ hostAddresses: o.hostAddresses.length ? [...o.hostAddresses] : ["localhost", "127.0.0.1"] });
+    const pair = await generateSelfSigned({
+      hostAddresses: o.hostAddresses.length ? [...o.hostAddresses] : ["localhost", "127.0.0.1"],
+    });
     mkdirSync(dirname(o.certFile), { recursive: true });
     mkdirSync(dirname(o.keyFile), { recursive: true });
     writeFileSync(o.keyFile, pair.key, { mode: 0o600 });
