@@ -1,0 +1,425 @@
+/**
+ * `install --root DIR` writes a complete installation under DIR — a config that passes strict `config check`,
+ * unit, sysctl.d, 0600 proxy.env, users file, self-signed certificate, the binary — and runs nothing that would
+ * change this host; missing required values are listed (no terminal), Docker flags answered, weak certificates
+ * refused with the rule, before anything is written.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EMBEDDED_UNIT } from "../../src/cli/bundle.ts";
+import { runConfigure } from "../../src/cli/configure.ts";
+import { hostInstallDeps, type InstallDeps, runInstall } from "../../src/cli/install.ts";
+import type { CliIo } from "../../src/cli/io.ts";
+import { runUninstall } from "../../src/cli/uninstall.ts";
+import { loadConfig } from "../../src/config/load.ts";
+import { type CommandRunner, runCommand } from "../../src/platform/host.ts";
+import { installLayout } from "../../src/platform/paths.ts";
+import { loadCertificatePair } from "../../src/tls/certs.ts";
+
+const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-install-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** Commands that change a host: none may run during a staged install. */
+const HOST_CHANGING = ["useradd", "userdel", "firewall-cmd", "systemctl", "sysctl", "restorecon", "chown"];
+
+function recorder(): { run: CommandRunner; ran: string[] } {
+  const ran: string[] = [];
+  return {
+    ran,
+    run: async (cmd, args, opts) => {
+      ran.push([cmd, ...args].join(" "));
+      if (HOST_CHANGING.includes(cmd)) throw new Error(`test: ${cmd} must not run in a staged install`);
+      return runCommand(cmd, args, opts);
+    },
+  };
+}
+
+function capture(): CliIo & { out: string; err: string } {
+  const c = {
+    out: "",
+    err: "",
+    stdout(t: string) {
+      c.out += t;
+    },
+    stderr(t: string) {
+      c.err += t;
+    },
+  };
+  return c;
+}
+
+function deps(run: CommandRunner): InstallDeps {
+  return { ...hostInstallDeps(), run, interactive: false, ask: () => undefined, systemdRunning: () => true };
+}
+
+function fakeBinary(version: string): string {
+  const file = join(work, `fake-${version}`);
+  writeFileSync(file, `#!/bin/sh\necho "pcoip-cmsg ${version} (fake)"\n`);
+  chmodSync(file, 0o755);
+  return file;
+}
+
+const mode = (f: string) => statSync(f).mode & 0o777;
+
+describe("install --root (staged)", () => {
+  const root = join(work, "stage1");
+  const passwordFile = join(work, "proxy-pass");
+  writeFileSync(passwordFile, "pr0xy-S3cret\n");
+  const binary = fakeBinary("9.9.9");
+  const rec = recorder();
+  const io = capture();
+  let code = -1;
+  const layout = installLayout(root);
+
+  test("installs everything under the root", async () => {
+    code = await runInstall(
+      [
+        "--root",
+        root,
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.10",
+        "--external-pcoip-ip=2001:db8::10",
+        "--host-address",
+        "cm.example.net",
+        "--host-address",
+        "192.0.2.5",
+        "--self-signed",
+        "--enable-collaboration=false",
+        "--binary",
+        binary,
+        "--ignore-disk-req",
+        "--https-proxy",
+        "10.0.0.8:3128",
+        "--https-proxy-username",
+        "cm",
+        "--https-proxy-password-file",
+        passwordFile,
+        "--license-server-url",
+        "27000@lic.example",
+      ],
+      io,
+      deps(rec.run),
+    );
+    expect(io.err).not.toContain("install: ");
+    expect(code).toBe(0);
+  }, 60_000);
+
+  test("the config passes strict config check and holds the flags", () => {
+    const r = loadConfig({ file: layout.disk.configFile, strict: true });
+    if (!r.ok) throw new Error(r.errors.join("\n"));
+    expect(r.config.externalPcoipIp).toEqual(["203.0.113.10", "2001:db8::10"]);
+    expect(r.config.hostAddress).toEqual(["cm.example.net", "192.0.2.5"]);
+    expect(r.config.enableCollaboration).toBe(false);
+    expect(r.config.licenseServerUrl).toBe("27000@lic.example");
+    expect(r.config.tls.cert).toBe("/etc/pcoip-cmsg/certs/cm.pem");
+    expect(r.config.usersFile).toBe("/etc/pcoip-cmsg/users");
+    expect(mode(layout.disk.configFile)).toBe(0o640);
+  });
+
+  test("unit, sysctl.d, users file, proxy.env (0600) and binary are written", () => {
+    expect(readFileSync(layout.disk.unitFile, "utf8")).toBe(EMBEDDED_UNIT);
+    expect(EMBEDDED_UNIT).toContain(
+      "ExecStart=/usr/local/bin/pcoip-cmsg run --config /etc/pcoip-cmsg/pcoip-cmsg.toml",
+    );
+    expect(readFileSync(layout.disk.sysctlFile, "utf8")).toMatch(/^net\.core\.rmem_default = \d+$/m);
+    expect(readFileSync(layout.disk.sysctlFile, "utf8")).toMatch(/^net\.core\.wmem_default = \d+$/m);
+    expect(readFileSync(layout.disk.usersFile, "utf8")).toBe("");
+    expect(mode(layout.disk.usersFile)).toBe(0o600);
+    const env = readFileSync(layout.disk.proxyEnv, "utf8");
+    expect(env).toContain('HTTPS_PROXY="10.0.0.8:3128"');
+    expect(env).toContain('HTTPS_PROXY_USERNAME="cm"');
+    expect(env).toContain('HTTPS_PROXY_PASSWORD="pr0xy-S3cret"');
+    expect(mode(layout.disk.proxyEnv)).toBe(0o600);
+    expect(readFileSync(layout.disk.binary, "utf8")).toBe(readFileSync(binary, "utf8"));
+    expect(mode(layout.disk.binary)).toBe(0o755);
+    expect(JSON.parse(readFileSync(layout.disk.installRecord, "utf8")).version).toBe("9.9.9");
+  });
+
+  test("the self-signed certificate is RSA-3072 with the host addresses as SANs", () => {
+    const pair = loadCertificatePair({ certFile: layout.disk.certFile, keyFile: layout.disk.keyFile });
+    if (!pair.ok) throw new Error(pair.error.cause);
+    expect(pair.pair.keyBits).toBe(3072);
+    expect(pair.pair.sans).toEqual(expect.arrayContaining(["DNS:cm.example.net", "IP:192.0.2.5"]));
+    expect(mode(layout.disk.keyFile)).toBe(0o640);
+  });
+
+  test("nothing that changes this host ran; each is printed instead", () => {
+    for (const r of rec.ran) expect(HOST_CHANGING).not.toContain(r.split(" ")[0]!);
+    for (const w of [
+      "useradd --system",
+      "firewall-cmd --permanent --add-port=443/tcp",
+      "--add-port=4172/udp",
+      "firewall-cmd --reload",
+      "sysctl --system",
+      "systemctl enable pcoip-cmsg",
+      "restorecon -R",
+    ])
+      expect(io.out).toContain(w);
+  });
+
+  test("configure edits the staged config, keeps keys it does not manage, says what changed", async () => {
+    const cfgText = readFileSync(layout.disk.configFile, "utf8");
+    writeFileSync(
+      layout.disk.configFile,
+      `${cfgText}\n[[desktops]]\nid = "ws-1"\nagent = "10.0.0.5"\nusers = ["alice"]\n`,
+    );
+    const licenseFile = join(work, "license.pem");
+    writeFileSync(licenseFile, "not a real license certificate\n");
+    const out = capture();
+    const rc = await runConfigure(
+      [
+        "--root",
+        root,
+        "--broker-url",
+        "https://broker.example:8443",
+        "--clear-host-address",
+        "--host-address",
+        "cm2.example.net",
+        "--trusted-license-cert",
+        licenseFile,
+        "--docker-image=x",
+      ],
+      out,
+      { run: rec.run, systemdRunning: () => true },
+    );
+    expect(out.err).toContain("not needed: this appliance runs without Docker");
+    expect(rc).toBe(0);
+    const r = loadConfig({ file: layout.disk.configFile, strict: true });
+    if (!r.ok) throw new Error(r.errors.join("\n"));
+    expect(r.config.brokerUrl).toBe("https://broker.example:8443");
+    expect(r.config.hostAddress).toEqual(["cm2.example.net"]);
+    expect(r.config.desktops.map((d) => d.id)).toEqual(["ws-1"]);
+    expect(r.config.license.trustedCert).toBe("/etc/pcoip-cmsg/certs/license.pem");
+    expect(r.config.externalPcoipIp).toEqual(["203.0.113.10", "2001:db8::10"]);
+    expect(out.out).toContain('brokerUrl: "" → "https://broker.example:8443"');
+    expect(out.out).toContain("systemctl reload pcoip-cmsg");
+    expect(out.err).toContain("does not cover cm2.example.net");
+    expect(out.err).toContain("no effect");
+    // Deterministic: the same edit again changes nothing.
+    const again = capture();
+    const before = readFileSync(layout.disk.configFile, "utf8");
+    expect(
+      await runConfigure(["--root", root, "--broker-url", "https://broker.example:8443"], again, {
+        run: rec.run,
+        systemdRunning: () => true,
+      }),
+    ).toBe(0);
+    expect(readFileSync(layout.disk.configFile, "utf8")).toBe(before);
+    expect(again.out).toContain("nothing changed");
+  }, 30_000);
+
+  test("uninstall removes the service files and keeps config; --purge removes the rest", async () => {
+    const out = capture();
+    expect(await runUninstall(["--root", root], out, { run: rec.run, systemdRunning: () => true })).toBe(0);
+    expect(existsSync(layout.disk.binary)).toBe(false);
+    expect(existsSync(layout.disk.unitFile)).toBe(false);
+    expect(existsSync(layout.disk.sysctlFile)).toBe(false);
+    expect(existsSync(layout.disk.configFile)).toBe(true);
+    expect(existsSync(layout.disk.certFile)).toBe(true);
+    expect(out.out).toContain("firewall-cmd --permanent --remove-port=443/tcp");
+    const purge = capture();
+    expect(
+      await runUninstall(["--root", root, "--purge"], purge, { run: rec.run, systemdRunning: () => true }),
+    ).toBe(0);
+    expect(existsSync(layout.disk.configDir)).toBe(false);
+    expect(existsSync(layout.disk.stateDir)).toBe(false);
+    for (const r of rec.ran) expect(HOST_CHANGING).not.toContain(r.split(" ")[0]!);
+  });
+});
+
+describe("install refusals", () => {
+  test("without a terminal, every missing required value is listed and nothing is written", async () => {
+    const root = join(work, "missing");
+    const io = capture();
+    const code = await runInstall(
+      ["--root", root, "--ignore-disk-req", "--binary", fakeBinary("1.0.0")],
+      io,
+      deps(recorder().run),
+    );
+    expect(code).toBe(2);
+    for (const f of [
+      "--accept-policies",
+      "--external-pcoip-ip",
+      "--self-signed, or --ssl-cert FILE --ssl-key FILE",
+    ])
+      expect(io.err).toContain(f);
+    expect(existsSync(root)).toBe(false);
+  });
+
+  test("on a terminal, the missing values are asked for", async () => {
+    const root = join(work, "asked");
+    const answers = ["y", "not-an-ip", "203.0.113.44", ""];
+    const questions: string[] = [];
+    const io = capture();
+    const code = await runInstall(
+      ["--root", root, "--ignore-disk-req", "--config-only", "--host-address", "cm.example.org"],
+      io,
+      {
+        ...deps(recorder().run),
+        interactive: true,
+        ask: (q) => {
+          questions.push(q);
+          return answers.shift();
+        },
+      },
+    );
+    expect(code).toBe(0);
+    expect(questions[0]).toContain("accept the license");
+    expect(io.out).toContain("not an IP address literal");
+    expect(questions.at(-1)).toContain("self-signed one for cm.example.org");
+    const r = loadConfig({ file: installLayout(root).disk.configFile, strict: true });
+    expect(r.ok && r.config.externalPcoipIp).toEqual(["203.0.113.44"]);
+    expect(existsSync(installLayout(root).disk.certFile)).toBe(true);
+  }, 30_000);
+
+  test("declining the policies on the terminal stops with nothing written", async () => {
+    const root = join(work, "declined");
+    const io = capture();
+    const code = await runInstall(["--root", root, "--config-only"], io, {
+      ...deps(recorder().run),
+      interactive: true,
+      ask: () => "n",
+    });
+    expect(code).toBe(2);
+    expect(io.err).toContain("nothing was changed");
+    expect(existsSync(root)).toBe(false);
+  });
+
+  test("the SG disabled needs no external address", async () => {
+    const root = join(work, "nosg");
+    const io = capture();
+    const code = await runInstall(
+      [
+        "--root",
+        root,
+        "--accept-policies",
+        "--enable-security-gateway=false",
+        "--ignore-disk-req",
+        "--config-only",
+      ],
+      io,
+      deps(recorder().run),
+    );
+    expect(io.err).toContain("--self-signed");
+    expect(io.err).not.toContain("--external-pcoip-ip");
+    expect(code).toBe(2);
+  });
+
+  test("--docker-* and --compose-file are answered, not refused", async () => {
+    const root = join(work, "docker");
+    const io = capture();
+    const code = await runInstall(
+      [
+        "--root",
+        root,
+        "--docker-registry",
+        "reg.example",
+        "--compose-file=/x.yml",
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.9",
+        "--self-signed",
+        "--ignore-disk-req",
+        "--config-only",
+      ],
+      io,
+      deps(recorder().run),
+    );
+    expect(io.err).toContain("--docker-registry: not needed: this appliance runs without Docker");
+    expect(io.err).toContain("--compose-file: not needed: this appliance runs without Docker");
+    expect(code).toBe(0);
+    expect(existsSync(installLayout(root).disk.configFile)).toBe(true);
+    expect(existsSync(installLayout(root).disk.binary)).toBe(false);
+  }, 30_000);
+
+  test("a 1024-bit RSA certificate is refused with the rule and the file; nothing is written", async () => {
+    const cert = join(work, "weak.pem");
+    const key = join(work, "weak.key");
+    const r = Bun.spawnSync([
+      "openssl",
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:1024",
+      "-nodes",
+      "-sha256",
+      "-days",
+      "5",
+      "-subj",
+      "/CN=weak.example",
+      "-keyout",
+      key,
+      "-out",
+      cert,
+    ]);
+    expect(r.exitCode).toBe(0);
+    const root = join(work, "weak");
+    const io = capture();
+    const code = await runInstall(
+      [
+        "--root",
+        root,
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.9",
+        "--ssl-cert",
+        cert,
+        "--ssl-key",
+        key,
+        "--ignore-disk-req",
+        "--binary",
+        fakeBinary("1.0.1"),
+      ],
+      io,
+      deps(recorder().run),
+    );
+    expect(code).toBe(1);
+    expect(io.err).toContain("nothing was changed");
+    expect(io.err).toContain(cert);
+    expect(io.err).toMatch(/1024/);
+    expect(io.err).toMatch(/2048/);
+    expect(existsSync(root) ? readdirSync(root) : []).toEqual([]);
+  });
+
+  test("--self-signed with --ssl-cert is a conflict", async () => {
+    const io = capture();
+    const code = await runInstall(
+      [
+        "--root",
+        join(work, "conflict"),
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.9",
+        "--self-signed",
+        "--ssl-cert",
+        "/x",
+        "--ssl-key",
+        "/y",
+        "--config-only",
+        "--ignore-disk-req",
+      ],
+      io,
+      deps(recorder().run),
+    );
+    expect(code).toBe(1);
+    expect(io.err).toContain("choose one certificate source");
+  });
+
+  test("an unknown flag gets a did-you-mean", async () => {
+    const io = capture();
+    expect(await runInstall(["--external-pcoip", "1.2.3.4"], io, deps(recorder().run))).toBe(2);
+    expect(io.err).toContain("did you mean --external-pcoip-ip");
+  });
+});
