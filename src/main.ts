@@ -15,13 +15,38 @@ const COMMANDS: Record<string, CommandEntry> = {
     summary: "run the appliance in the foreground (what the systemd unit starts)",
     load: async () => (await import("./cli/run.ts")).runCommand,
   },
-  config: {
-    summary: "config check | config schema: validate a config file, print the reference",
-    load: async () => (await import("./cli/config.ts")).runConfigCommand,
+  install: {
+    summary:
+      "install or upgrade the service on this host (vendor flags: --broker-url, --external-pcoip-ip …)",
+    load: async () => (await import("./cli/install.ts")).installCommand,
+  },
+  configure: {
+    summary: "change the installed configuration and reload the service",
+    load: async () => (await import("./cli/configure.ts")).configureCommand,
+  },
+  uninstall: {
+    summary: "remove the service (--purge also removes config, certificates and users)",
+    load: async () => (await import("./cli/uninstall.ts")).uninstallCommand,
+  },
+  status: {
+    summary: "installed version, service state and health",
+    load: async () => (await import("./cli/status.ts")).statusCommand,
+  },
+  diagnose: {
+    summary: "run the troubleshooting checks (--support-bundle writes a redacted tar.gz)",
+    load: async () => (await import("./cli/diagnose.ts")).diagnoseCommand,
+  },
+  "create-darksite-bundle": {
+    summary: "write pcoip-cmsg-bundle.tar.gz for offline installs",
+    load: async () => (await import("./cli/bundle.ts")).bundleCommand,
   },
   user: {
-    summary: "user add|del|list NAME: manage local accounts of the built-in broker",
+    summary: "user add|del|list NAME: local accounts of the built-in broker",
     load: async () => (await import("./cli/user.ts")).userCommand,
+  },
+  config: {
+    summary: "config check | config schema: validate a file, print every key",
+    load: async () => (await import("./cli/config.ts")).runConfigCommand,
   },
 };
 

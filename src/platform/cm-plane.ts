@@ -1,0 +1,310 @@
+/**
+ * The Connection Manager as the appliance runs it: the configuration mapped onto the CM's modules (broker,
+ * authenticators, agent client, throttle, limits) and rebuilt on reload, so new sessions get new settings
+ * while conversations already under way finish on the objects they started with.
+ */
+
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { createAgentClient } from "../cm/agent-client.ts";
+import type { Authenticator } from "../cm/auth/authenticator.ts";
+import { createLdapAuthenticator } from "../cm/auth/ldap.ts";
+import { createLocalUsers } from "../cm/auth/local-users.ts";
+import type { Broker } from "../cm/brokers/broker.ts";
+import { createBuiltinBroker } from "../cm/brokers/builtin.ts";
+import { createUpstreamBroker } from "../cm/brokers/upstream.ts";
+import { type CmApp, createCmApp, type SessionGateway } from "../cm/server.ts";
+import type { Config } from "../config/schema.ts";
+import { parseAgentAddress } from "../config/schema.ts";
+import { compileTrustedProxies } from "../net/client-address.ts";
+import type { ConnInfo } from "../net/http1.ts";
+import type { ReadinessCheck } from "../observability/health.ts";
+import type { Logger } from "../observability/log.ts";
+import { LabelledCounter, type MetricsRegistry } from "../observability/metrics.ts";
+import type { ProductInfo } from "../protocol/types.ts";
+import type { CertificatePair } from "../tls/certs.ts";
+import { PRODUCT_NAME, VERSION } from "../version.ts";
+
+export interface CmPlaneDeps {
+  readonly log: Logger;
+  readonly pair: CertificatePair;
+  readonly gateway: SessionGateway | undefined;
+  readonly metrics: MetricsRegistry;
+}
+
+export interface CmPlane {
+  fetch(req: Request, info: ConnInfo): Response | Promise<Response>;
+  setDraining(on: boolean): void;
+  readiness(): Promise<ReadinessCheck[]>;
+  /** Live CM sessions by session id (the admin view joins them with the SG's). */
+  sessions(): Map<string, { user?: string }>;
+  /** Builds the CM for `next`; on success new requests use it and the previous one is retired. */
+  reload(next: Readonly<Config>, pair: CertificatePair): Promise<{ ok: true } | { ok: false; error: string }>;
+  close(): Promise<void>;
+}
+
+interface Built {
+  app: CmApp;
+  broker: Broker;
+}
+
+export async function startCmPlane(
+  config: Readonly<Config>,
+  deps: CmPlaneDeps,
+): Promise<
+  { ok: true; plane: CmPlane } | { ok: false; error: { what: string; cause: string; fix: string } }
+> {
+  const { log } = deps;
+  const first = build(config, deps.pair, deps);
+  if (!first.ok) return first;
+  let current: Built = first.built;
+  const retired: Built[] = [];
+  let draining = false;
+  log.info({ broker: current.broker.kind }, current.broker.description);
+
+  const allocations = new LabelledCounter(
+    "pcoip_cm_allocations_total",
+    "allocate-resource answers by result id.",
+    "result",
+  );
+  deps.metrics.add(() => {
+    const all = [current, ...retired];
+    const sum = (f: (b: Built) => number) => all.reduce((n, b) => n + f(b), 0);
+    const byState: Record<string, number> = {};
+    for (const b of all)
+      for (const [k, v] of Object.entries(b.app.sessionsByState())) byState[k] = (byState[k] ?? 0) + v;
+    for (const b of all)
+      for (const [id, n] of Object.entries(b.app.counters.allocations))
+        if (allocations.get(id) < n) allocations.inc(id, n - allocations.get(id));
+    return [
+      {
+        name: "pcoip_cm_requests_total",
+        help: "Broker-protocol requests.",
+        type: "counter",
+        samples: [{ value: sum((b) => b.app.counters.requests) }],
+      },
+      {
+        name: "pcoip_cm_protocol_errors_total",
+        help: "Requests answered with error-resp.",
+        type: "counter",
+        samples: [{ value: sum((b) => b.app.counters.protocolErrors) }],
+      },
+      {
+        name: "pcoip_cm_logins_total",
+        help: "Logins by outcome.",
+        type: "counter",
+        samples: [
+          { labels: { outcome: "ok" }, value: sum((b) => b.app.counters.loginsOk) },
+          { labels: { outcome: "failed" }, value: sum((b) => b.app.counters.loginsFailed) },
+          { labels: { outcome: "throttled" }, value: sum((b) => b.app.counters.loginsThrottled) },
+        ],
+      },
+      {
+        name: "pcoip_cm_busy_total",
+        help: "Busy answers (establishment limit or SG full).",
+        type: "counter",
+        samples: [{ value: sum((b) => b.app.counters.busy) }],
+      },
+      {
+        name: "pcoip_cm_establishing",
+        help: "Broker/agent calls in flight.",
+        type: "gauge",
+        samples: [{ value: sum((b) => b.app.counters.establishing) }],
+      },
+      {
+        name: "pcoip_cm_sessions",
+        help: "Pre-sessions by state.",
+        type: "gauge",
+        samples: Object.entries(byState).map(([state, value]) => ({ labels: { state }, value })),
+      },
+      allocations.family(),
+    ];
+  });
+
+  const plane: CmPlane = {
+    fetch: (req, info) => current.app.fetch(req, info),
+    setDraining(on) {
+      draining = on;
+      current.app.setDraining(on);
+    },
+    async readiness() {
+      return [{ name: "broker", ok: true, detail: current.broker.description }];
+    },
+    sessions() {
+      const out = new Map<string, { user?: string }>();
+      for (const b of [current, ...retired]) {
+        for (const s of b.app.sessions.list()) out.set(s.logId, { ...(s.user ? { user: s.user } : {}) });
+      }
+      return out;
+    },
+    async reload(next, pair) {
+      const r = build(next, pair, deps);
+      if (!r.ok) return { ok: false, error: `${r.error.what}: ${r.error.cause}; ${r.error.fix}` };
+      const old = current;
+      r.built.app.setDraining(draining);
+      current = r.built;
+      retired.push(old);
+      log.info({ broker: current.broker.kind }, current.broker.description);
+      // Pre-sessions live in each app's own store, so a client mid-login when the reload lands continues on the
+      // new app from hello (its cookie is unknown there). The old app is retired after in-flight requests end.
+      setTimeout(() => {
+        const i = retired.indexOf(old);
+        if (i >= 0) retired.splice(i, 1);
+        void old.app.close();
+        void old.broker.close?.();
+      }, 5_000).unref?.();
+      return { ok: true };
+    },
+    async close() {
+      for (const b of [current, ...retired]) {
+        await b.app.close();
+        await b.broker.close?.();
+      }
+    },
+  };
+  return { ok: true, plane };
+}
+
+function build(
+  config: Readonly<Config>,
+  pair: CertificatePair,
+  deps: CmPlaneDeps,
+): { ok: true; built: Built } | { ok: false; error: { what: string; cause: string; fix: string } } {
+  const { log } = deps;
+  const ca = pair.ca;
+  const self: ProductInfo = {
+    productName: "pcoip-cmsg Connection Manager",
+    productVersion: VERSION,
+    platform: `${process.platform} ${process.arch}`,
+    locale: "en_US",
+    ipAddress: config.hostAddress.find((h) => /^[\d.]+$|:/.test(h)) ?? config.externalPcoipIp[0] ?? "N/A",
+    hostname: config.hostAddress.find((h) => !/^[\d.]+$|:/.test(h)) ?? hostname(),
+  };
+  let broker: Broker;
+  if (config.brokerUrl) {
+    const up = createUpstreamBroker({
+      brokerUrl: config.brokerUrl,
+      dialect: config.upstream.dialect,
+      timeoutMs: config.upstream.timeoutSeconds * 1000,
+      allocateTimeoutMs: config.upstream.allocateTimeoutSeconds * 1000,
+      brokerCertCheck: config.tls.brokerCertCheck,
+      ...(ca ? { caCertPem: ca } : {}),
+      env: process.env,
+      pcmInfo: self,
+    });
+    if (!up.ok) return { ok: false, error: up.error };
+    broker = up.broker;
+  } else {
+    const authenticators: Authenticator[] = [];
+    const ldapUrls = (Array.isArray(config.ldap.url) ? config.ldap.url : [config.ldap.url]).filter(Boolean);
+    const byName = new Map<string, Authenticator>();
+    if (ldapUrls.length > 0) {
+      let servicePassword: string | undefined;
+      if (config.ldap.serviceBindPasswordFile) {
+        try {
+          servicePassword = readFileSync(config.ldap.serviceBindPasswordFile, "utf8").replace(/\r?\n$/, "");
+        } catch (e) {
+          return {
+            ok: false,
+            error: {
+              what: `ldap.serviceBindPasswordFile ${config.ldap.serviceBindPasswordFile}`,
+              cause: (e as NodeJS.ErrnoException).code ?? String(e),
+              fix: "create the file with the service account's password (mode 0600, readable by the service user)",
+            },
+          };
+        }
+      }
+      try {
+        byName.set(
+          "ldap",
+          createLdapAuthenticator(
+            {
+              urls: ldapUrls,
+              bindDn: config.ldap.bindDn,
+              ...(config.ldap.searchBase
+                ? { searchBase: config.ldap.searchBase, searchFilter: config.ldap.searchFilter }
+                : {}),
+              ...(config.ldap.serviceBindDn ? { serviceBindDn: config.ldap.serviceBindDn } : {}),
+              ...(servicePassword !== undefined ? { serviceBindPassword: servicePassword } : {}),
+              startTls: config.ldap.startTls,
+              allowInsecure: config.ldap.allowInsecure,
+              ...(ca ? { caCert: ca } : {}),
+              ...(config.ldap.groupAttribute ? { groupAttribute: config.ldap.groupAttribute } : {}),
+              ...(config.ldap.groupSearchBase
+                ? {
+                    groupSearchBase: config.ldap.groupSearchBase,
+                    groupSearchFilter: config.ldap.groupSearchFilter,
+                  }
+                : {}),
+              timeoutMs: config.ldap.timeoutSeconds * 1000,
+              defaultDomain: config.ldap.defaultDomain || config.domains[0] || "",
+            },
+            { log },
+          ),
+        );
+      } catch (e) {
+        return {
+          ok: false,
+          error: {
+            what: "[ldap] settings",
+            cause: (e as Error).message,
+            fix: "correct the [ldap] section (pcoip-cmsg config check)",
+          },
+        };
+      }
+    }
+    if (config.usersFile) byName.set("local", createLocalUsers({ file: config.usersFile, log }));
+    for (const name of config.auth.order) {
+      const a = byName.get(name);
+      if (a) authenticators.push(a);
+    }
+    for (const [name, a] of byName)
+      if (!config.auth.order.includes(name as "ldap" | "local")) authenticators.push(a);
+    broker = createBuiltinBroker({
+      desktops: config.desktops.map((d) => {
+        const addr = parseAgentAddress(d.agent)!;
+        return {
+          id: d.id,
+          name: d.name || d.id,
+          agentHost: addr.host,
+          agentPort: addr.port,
+          ...(d.hostname ? { hostname: d.hostname } : {}),
+          users: d.users,
+          groups: d.groups,
+        };
+      }),
+      authenticators,
+      domains: config.domains,
+      brokerInfo: { ...self, productName: `${PRODUCT_NAME} built-in broker` },
+      pcmInfo: self,
+    });
+  }
+  const app = createCmApp({
+    log,
+    broker,
+    agentClient: createAgentClient({
+      timeoutMs: config.cm.agentTimeoutSeconds * 1000,
+      verify: config.tls.agentCertCheck,
+      ...(ca ? { ca } : {}),
+      suites: config.tls.ciphers,
+    }),
+    ...(deps.gateway ? { gateway: deps.gateway } : {}),
+    trustedProxies: compileTrustedProxies(config.trustedProxies),
+    limits: {
+      maxPreSessions: config.cm.maxPreSessions,
+      preSessionIdleMs: config.cm.preSessionIdleSeconds * 1000,
+      maxConcurrentEstablishments: config.cm.maxConcurrentEstablishments,
+      bodyLimitBytes: config.cm.bodyLimitBytes,
+    },
+    throttle: {
+      failuresBeforeDelay: config.cm.throttle.failuresBeforeDelay,
+      maxDelayMs: config.cm.throttle.maxDelaySeconds * 1000,
+      distinctUsersPerIp: config.cm.throttle.distinctUsersPerIpBeforeIpThrottle,
+      maxDelayedAnswers: config.cm.throttle.maxDelayedAnswers,
+      windowMs: config.cm.throttle.windowSeconds * 1000,
+    },
+    enableCollaboration: config.enableCollaboration,
+    licenseServerUrl: config.licenseServerUrl,
+  });
+  return { ok: true, built: { app, broker } };
+}
