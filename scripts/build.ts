@@ -17,7 +17,6 @@ function compile(outfile: string, target?: string): boolean {
     "build",
     "--compile",
     "--minify",
-    "--sourcemap",
     "--bytecode",
     `--define=PCOIP_CMSG_VERSION=${JSON.stringify(pkg.version)}`,
     `--define=PCOIP_CMSG_COMMIT=${JSON.stringify(commit)}`,

@@ -1,0 +1,358 @@
+/**
+ * One client conversation relayed to the upstream broker: its own cookie jar, its own kept-alive connection,
+ * and a record of where the broker's side of the conversation stands, because a real broker is strict
+ * (PROTOCOL.md §10): hello → authenticate (repeatable on failure) → get-resource-list → allocate-resource →
+ * bye, an out-of-order message or an HTTP 500 resets it to "waiting for hello", and after a successful
+ * allocation only bye is accepted.
+ *
+ * The CM's own state machine is more tolerant (a client may list again, or allocate another desktop, after an
+ * allocation). When the client asks for something the broker's conversation is past, this module ends it
+ * (bye) and rebuilds it — hello and the password steps replayed as the client sent them — before relaying the
+ * request; the log says so. A conversation whose sign-in had a dialog step (MFA) cannot be rebuilt without the
+ * user: the client gets a failure and signs in again.
+ *
+ * To rebuild, the conversation keeps the client's hello and password steps (the password with them) until bye or
+ * close — the same lifetime as the CM's own pre-session, which keeps the logon for the agent launch.
+ *
+ * Requests are relayed as the client sent them: every element and attribute of every authenticate method and
+ * step, unknown ones included. Answers come back as parsed (node kept), so their result ids, texts and unknown
+ * elements reach the client intact.
+ */
+import type { Logger } from "../../observability/log.ts";
+import type {
+  AllocateResource,
+  AllocateResourceResp,
+  Authenticate,
+  AuthenticateResp,
+  BrokerResponse,
+  Bye,
+  ByeResp,
+  ClientRequest,
+  GetResourceList,
+  GetResourceListResp,
+  Hello,
+  HelloResp,
+} from "../../protocol/types.ts";
+import {
+  type ClientFacts,
+  type ConnectionSlot,
+  type CookieJar,
+  type ExchangeSettings,
+  exchange,
+} from "./upstream-exchange.ts";
+import { type BrokerFailure, describeBrokerFailure } from "./upstream-failures.ts";
+
+export interface ConversationSettings extends ExchangeSettings {
+  readonly timeoutMs: number;
+  readonly allocateTimeoutMs: number;
+}
+
+export type Relayed<T> =
+  | { readonly ok: true; readonly resp: T }
+  | { readonly ok: false; readonly failure: BrokerFailure };
+
+/** Where the broker's side stands. "unknown": a request failed midway, the broker may be anywhere. */
+type Phase = "none" | "hello" | "authed" | "listed" | "allocated" | "unknown";
+
+export interface UpstreamConversation {
+  hello(req: Hello, facts: ClientFacts): Promise<Relayed<HelloResp>>;
+  authenticate(req: Authenticate, facts: ClientFacts): Promise<Relayed<AuthenticateResp>>;
+  getResourceList(req: GetResourceList, facts: ClientFacts): Promise<Relayed<GetResourceListResp>>;
+  allocateResource(req: AllocateResource, facts: ClientFacts): Promise<Relayed<AllocateResourceResp>>;
+  bye(req: Bye, facts: ClientFacts): Promise<Relayed<ByeResp>>;
+  /** Ends the conversation: a best-effort bye when the broker holds state, then the connection is closed. */
+  close(facts?: ClientFacts): Promise<void>;
+  /** For tests and diagnostics. */
+  readonly phase: Phase;
+  /** Whether the conversation currently holds a broker cookie (never its value). */
+  readonly hasCookie: boolean;
+}
+
+/** Relays the client's probe hello (QueryBrokerClient) on its own connection, keeping no cookie and no state. */
+export async function relayProbe(
+  settings: ConversationSettings,
+  req: Hello,
+  facts: ClientFacts,
+  log: Logger,
+): Promise<Relayed<HelloResp>> {
+  const slot: ConnectionSlot = { conn: undefined };
+  try {
+    const r = await exchange(settings, req, facts, undefined, slot, settings.timeoutMs, log);
+    if (!r.ok) return logged(r, log, settings);
+    return { ok: true, resp: r.resp as HelloResp };
+  } finally {
+    slot.conn?.close();
+  }
+}
+
+export function createUpstreamConversation(
+  settings: ConversationSettings,
+  log: Logger,
+): UpstreamConversation {
+  const jar: CookieJar = new Map();
+  const slot: ConnectionSlot = { conn: undefined };
+  let phase: Phase = "none";
+  let savedHello: Hello | undefined;
+  /** The authenticate steps that succeeded since the last hello, in order. */
+  let steps: Authenticate[] = [];
+  let authComplete = false;
+  /** resource-id → resource-name of the last list the client saw (to check a rebuilt list still matches). */
+  let listed = new Map<string, string>();
+  let lastListReq: GetResourceList | undefined;
+  // One request at a time: a client that sends two at once must not interleave them on one broker conversation.
+  let queue: Promise<unknown> = Promise.resolve();
+
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = queue.then(fn, fn);
+    queue = run.catch(() => undefined);
+    return run;
+  };
+
+  const send = async <T extends BrokerResponse>(
+    req: ClientRequest,
+    facts: ClientFacts,
+  ): Promise<Relayed<T>> => {
+    const timeout = req.op === "allocate-resource" ? settings.allocateTimeoutMs : settings.timeoutMs;
+    const r = await exchange(settings, req, facts, jar, slot, timeout, log);
+    if (!r.ok) {
+      // An HTTP error answer resets a real broker's conversation; other failures leave it unknown.
+      phase = r.failure.kind === "http_status" ? "none" : "unknown";
+      return logged(r, log, settings);
+    }
+    return { ok: true, resp: r.resp as T };
+  };
+
+  /** Ends the broker's side, so that the next step starts from "waiting for hello". */
+  const endBrokerSide = async (facts: ClientFacts, why: string): Promise<void> => {
+    if (phase === "none") return;
+    if (phase === "unknown") {
+      // The last request failed midway (timeout, closed): a bye could cost another timeout. Start a new broker
+      // session instead (no cookie); the old one expires at the broker.
+      log.info(
+        { broker: settings.connect.endpoint.url, why },
+        "starting a new broker session before going on",
+      );
+      jar.clear();
+      slot.conn?.close();
+      slot.conn = undefined;
+      phase = "none";
+      return;
+    }
+    log.info(
+      { broker: settings.connect.endpoint.url, phase, why },
+      "ending the broker conversation before going on",
+    );
+    const r = await exchange(settings, { op: "bye", node: {} }, facts, jar, slot, settings.timeoutMs, log);
+    if (!r.ok) jar.clear(); // the broker's session is in an unknown state: start a new one
+    phase = "none";
+  };
+
+  /** Forgets what a rebuild would replay (the password among it) once the conversation is over. */
+  const forget = () => {
+    savedHello = undefined;
+    steps = [];
+    authComplete = false;
+    lastListReq = undefined;
+    listed = new Map();
+  };
+
+  /** Brings the broker's side to `target` ("hello" or "authed") by replaying what the client already did. */
+  const rebuild = async (
+    target: "hello" | "authed" | "listed",
+    facts: ClientFacts,
+    why: string,
+  ): Promise<Relayed<undefined>> => {
+    const cannot = (cause: string): Relayed<undefined> => {
+      const failure: BrokerFailure = {
+        kind: "conversation_lost",
+        timeout: false,
+        what: `rebuilding the conversation with the broker ${settings.connect.endpoint.url}`,
+        cause,
+        fix: "the user signs in again (the client reconnects); nothing to change on the CM",
+      };
+      log.warn(
+        { broker: settings.connect.endpoint.url, failure: failure.kind },
+        describeBrokerFailure(failure),
+      );
+      return { ok: false, failure };
+    };
+    if (!savedHello) return cannot(`${why}, and no hello is known to replay`);
+    if (target !== "hello" && (!authComplete || steps.some((s) => s.method.toLowerCase() !== "password"))) {
+      return cannot(
+        `${why}, and the sign-in had a step that cannot be replayed (${steps.map((s) => s.method).join(", ") || "none completed"})`,
+      );
+    }
+    await endBrokerSide(facts, why);
+    log.info(
+      {
+        broker: settings.connect.endpoint.url,
+        target,
+        replay: ["hello", ...(target !== "hello" ? steps.map((s) => `authenticate(${s.method})`) : [])],
+      },
+      `rebuilding the broker conversation: ${why}`,
+    );
+    const h = await send<HelloResp>(savedHello, facts);
+    if (!h.ok) return h;
+    phase = "hello";
+    if (target === "hello") return { ok: true, resp: undefined };
+    for (const step of steps) {
+      const a = await send<AuthenticateResp>(step, facts);
+      if (!a.ok) return a;
+      if (!/^AUTH_SUCCESSFUL/.test(a.resp.result.resultId)) {
+        return cannot(`${why}, and the broker refused the replayed sign-in (${a.resp.result.resultId})`);
+      }
+    }
+    phase = "authed";
+    if (target === "authed") return { ok: true, resp: undefined };
+    if (!lastListReq) return cannot(`${why}, and no resource list request is known to replay`);
+    const l = await send<GetResourceListResp>(lastListReq, facts);
+    if (!l.ok) return l;
+    phase = "listed";
+    listed = resourceNames(l.resp);
+    return { ok: true, resp: undefined };
+  };
+
+  return {
+    get phase() {
+      return phase;
+    },
+    get hasCookie() {
+      return jar.size > 0;
+    },
+
+    hello: (req, facts) =>
+      serial(async () => {
+        await endBrokerSide(facts, "the client said hello again");
+        const r = await send<HelloResp>(req, facts);
+        savedHello = req;
+        steps = [];
+        authComplete = false;
+        if (r.ok) phase = "hello";
+        return r;
+      }),
+
+    authenticate: (req, facts) =>
+      serial(async () => {
+        if (phase !== "hello" && savedHello) {
+          const why =
+            phase === "none" || phase === "unknown"
+              ? "the broker no longer holds this conversation"
+              : "the client signs in again after signing in";
+          const rebuilt = await rebuild("hello", facts, why);
+          if (!rebuilt.ok) return rebuilt;
+          steps = [];
+          authComplete = false;
+        }
+        const r = await send<AuthenticateResp>(req, facts);
+        if (!r.ok) return r;
+        const id = r.resp.result.resultId;
+        if (id === "AUTH_SUCCESSFUL_AND_COMPLETE" || id === "AUTH_SUCCESSFUL") {
+          steps.push(req);
+          authComplete = true;
+          phase = "authed";
+        } else if (id.startsWith("AUTH_SUCCESSFUL")) {
+          steps.push(req);
+        }
+        return r;
+      }),
+
+    getResourceList: (req, facts) =>
+      serial(async () => {
+        if (phase !== "authed" && authComplete) {
+          const rebuilt = await rebuild("authed", facts, reason(phase, "list"));
+          if (!rebuilt.ok) return rebuilt;
+        }
+        const r = await send<GetResourceListResp>(req, facts);
+        if (!r.ok) return r;
+        phase = "listed";
+        lastListReq = req;
+        listed = resourceNames(r.resp);
+        return r;
+      }),
+
+    allocateResource: (req, facts) =>
+      serial(async () => {
+        if (phase !== "listed" && authComplete && lastListReq) {
+          const before = listed;
+          const rebuilt = await rebuild("listed", facts, reason(phase, "allocate"));
+          if (!rebuilt.ok) return rebuilt;
+          // Resource ids may be list positions ("0", "1", …): the rebuilt list must name the same desktop there.
+          if (before.has(req.resourceId) && before.get(req.resourceId) !== listed.get(req.resourceId)) {
+            const failure: BrokerFailure = {
+              kind: "conversation_lost",
+              timeout: false,
+              what: `rebuilding the conversation with the broker ${settings.connect.endpoint.url}`,
+              cause: `the broker's resource list changed: resource id "${req.resourceId}" no longer names "${before.get(req.resourceId)}"`,
+              fix: "the user refreshes the desktop list and picks again",
+            };
+            log.warn(
+              { broker: settings.connect.endpoint.url, failure: failure.kind },
+              describeBrokerFailure(failure),
+            );
+            return { ok: false, failure };
+          }
+        }
+        const r = await send<AllocateResourceResp>(req, facts);
+        if (!r.ok) return r;
+        if (r.resp.result.resultId === "ALLOC_SUCCESSFUL" && r.resp.target) phase = "allocated";
+        return r;
+      }),
+
+    bye: (req, facts) =>
+      serial(async () => {
+        if (phase === "none" && jar.size === 0) {
+          forget();
+          return { ok: true, resp: { op: "bye-resp" } };
+        }
+        const r = await send<ByeResp>(req, facts);
+        phase = "none";
+        forget();
+        slot.conn?.close();
+        slot.conn = undefined;
+        return r;
+      }),
+
+    close: (facts) =>
+      serial(async () => {
+        if (facts && phase !== "none" && phase !== "unknown") {
+          await exchange(settings, { op: "bye", node: {} }, facts, jar, slot, settings.timeoutMs, log);
+        }
+        phase = "none";
+        forget();
+        slot.conn?.close();
+        slot.conn = undefined;
+      }),
+  };
+}
+
+function resourceNames(resp: GetResourceListResp): Map<string, string> {
+  return new Map(resp.resources.map((res) => [res.resourceId, res.resourceName]));
+}
+
+function reason(phase: Phase, next: "list" | "allocate"): string {
+  if (phase === "allocated")
+    return `the client asks to ${next} after an allocation (the broker then accepts only bye)`;
+  if (phase === "listed" && next === "list")
+    return "the client lists again (the broker then accepts only allocate-resource)";
+  if (phase === "none" || phase === "unknown") return "the broker no longer holds this conversation";
+  return `the broker's conversation is at "${phase}"`;
+}
+
+function logged<T>(
+  r: { ok: false; failure: BrokerFailure },
+  log: Logger,
+  settings: ExchangeSettings,
+): Relayed<T> {
+  const f = r.failure;
+  log.warn(
+    {
+      broker: settings.connect.endpoint.url,
+      failure: f.kind,
+      ...(f.status !== undefined ? { status: f.status } : {}),
+      cause: f.cause,
+      fix: f.fix,
+    },
+    describeBrokerFailure(f),
+  );
+  return r;
+}
