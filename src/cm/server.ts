@@ -255,17 +255,15 @@ export function createCmApp(options: CmAppOptions): CmApp {
     // The Client-Log-Id fallback only counts from the session's own client IP: the header is not a secret
     // (clients write it into their logs), the cookie is.
     const byLogId = req.clientLogId !== "" ? store.byClientLogId(req.clientLogId, now) : undefined;
-    let session =
+    const s =
       (req.cookie ? store.get(req.cookie, now) : undefined) ??
       (byLogId && byLogId.clientIp === req.clientIp ? byLogId : undefined);
-    if (!session) return run(req, msg, undefined);
-    store.touch(session, now);
-    session.clientIp = req.clientIp;
+    if (!s) return run(req, msg, undefined);
+    store.touch(s, now);
+    s.clientIp = req.clientIp;
     // One request of a session at a time, in arrival order.
-    const s = session;
     const done = s.queue.then(() => run(req, msg, s));
     s.queue = done.catch(() => undefined);
-    session = s;
     return done;
   };
 
@@ -283,7 +281,7 @@ export function createCmApp(options: CmAppOptions): CmApp {
       );
       return { reply: p.reply, ...(session ? { session } : {}) };
     }
-    for (const e of p.effects) if (e.kind === "open-session") session = openSession(req, session, msg);
+    for (const e of p.effects) if (e.kind === "open-session") session = openSession(req, session);
     try {
       switch (p.call) {
         case "probe": {
@@ -338,7 +336,7 @@ export function createCmApp(options: CmAppOptions): CmApp {
   });
 
   /** Creates a session, or restarts `existing` in place (same cookie, fresh conversation, sign-in forgotten). */
-  const openSession = (req: Req, existing: Session | undefined, _msg: ClientRequest): Session => {
+  const openSession = (req: Req, existing: Session | undefined): Session => {
     const now = clock.now();
     if (existing) {
       existing.logon = undefined;
