@@ -197,7 +197,7 @@ export async function startAppliance(
   };
   const openRedirect = (entry: string, httpsPort: number): Problem | undefined => {
     const a = parseListen(entry)!;
-    const app = createRedirectApp({ httpsPort, ready: () => !draining });
+    const app = createRedirectApp({ httpsPort, ready: () => !draining && cm.brokerReachable() });
     try {
       redirectServers.set(
         entry,

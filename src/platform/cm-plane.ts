@@ -12,6 +12,7 @@ import { createLdapAuthenticator } from "../cm/auth/ldap.ts";
 import { createLocalUsers } from "../cm/auth/local-users.ts";
 import type { Broker } from "../cm/brokers/broker.ts";
 import { createBuiltinBroker } from "../cm/brokers/builtin.ts";
+import { type BrokerReachability, watchBroker } from "../cm/brokers/reachability.ts";
 import { createUpstreamBroker } from "../cm/brokers/upstream.ts";
 import { type CmApp, createCmApp, type SessionGateway } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
@@ -36,6 +37,8 @@ export interface CmPlane {
   fetch(req: Request, info: ConnInfo): Response | Promise<Response>;
   setDraining(on: boolean): void;
   readiness(): Promise<ReadinessCheck[]>;
+  /** False while the upstream broker does not answer (the redirect listener's GET health answer follows it). */
+  brokerReachable(): boolean;
   /** Live CM sessions by session id (the admin view joins them with the SG's). */
   sessions(): Map<string, { user?: string }>;
   /** Builds the CM for `next`; on success new requests use it and the previous one is retired. */
@@ -46,6 +49,8 @@ export interface CmPlane {
 interface Built {
   app: CmApp;
   broker: Broker;
+  /** Upstream brokers are probed in the background; the CM's GET health answer follows the result. */
+  reach: BrokerReachability;
 }
 
 export async function startCmPlane(
@@ -128,8 +133,10 @@ export async function startCmPlane(
       current.app.setDraining(on);
     },
     async readiness() {
-      return [{ name: "broker", ok: true, detail: current.broker.description }];
+      const r = await current.reach.check();
+      return [{ name: "broker", ok: r.ok, detail: r.detail }];
     },
+    brokerReachable: () => current.reach.reachable,
     sessions() {
       const out = new Map<string, { user?: string }>();
       for (const b of [current, ...retired]) {
@@ -150,6 +157,7 @@ export async function startCmPlane(
       setTimeout(() => {
         const i = retired.indexOf(old);
         if (i >= 0) retired.splice(i, 1);
+        old.reach.stop();
         void old.app.close();
         void old.broker.close?.();
       }, 5_000).unref?.();
@@ -157,6 +165,7 @@ export async function startCmPlane(
     },
     async close() {
       for (const b of [current, ...retired]) {
+        b.reach.stop();
         await b.app.close();
         await b.broker.close?.();
       }
@@ -306,5 +315,6 @@ function build(
     enableCollaboration: config.enableCollaboration,
     licenseServerUrl: config.licenseServerUrl,
   });
-  return { ok: true, built: { app, broker } };
+  const reach = watchBroker(broker, log, { onChange: (up) => app.setReady(up) });
+  return { ok: true, built: { app, broker, reach } };
 }

@@ -123,6 +123,11 @@ export interface Broker {
   probe(req: Hello, ctx: ConversationContext): Promise<HelloResp>;
   /** A new conversation for one client pre-session. */
   openConversation(ctx: ConversationContext): BrokerConversation;
+  /**
+   * Whether the broker answers right now (readiness, SPEC §2): a probe hello on its own connection. Absent for the
+   * built-in broker, which is always there. The reason names the broker and the cause when it does not answer.
+   */
+  checkReachable?(log: Logger): Promise<{ ok: true } | { ok: false; reason: string }>;
   /** Releases what the broker holds (directory connections…). */
   close?(): Promise<void>;
 }

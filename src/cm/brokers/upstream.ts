@@ -23,9 +23,9 @@
  */
 import { describeProxy } from "../../net/proxy-env.ts";
 import type { Logger } from "../../observability/log.ts";
-import { isCompleteTarget } from "../../protocol/broker.ts";
+import { isCompleteTarget, PROBE_PRODUCT_NAME, parseClientRequest } from "../../protocol/broker.ts";
 import { result, VENDOR_TEXT } from "../../protocol/results.ts";
-import type { AllocateResourceResp, HelloResp, ProductInfo, Result } from "../../protocol/types.ts";
+import type { AllocateResourceResp, Hello, HelloResp, ProductInfo, Result } from "../../protocol/types.ts";
 import type { Allocation, Broker, BrokerConversation, ConversationContext, Identity } from "./broker.ts";
 import {
   type ConversationSettings,
@@ -33,7 +33,12 @@ import {
   relayProbe,
 } from "./upstream-conversation.ts";
 import type { ClientFacts } from "./upstream-exchange.ts";
-import { type BrokerFailure, brokerFailureResult, brokerFailureText } from "./upstream-failures.ts";
+import {
+  type BrokerFailure,
+  brokerFailureResult,
+  brokerFailureText,
+  describeBrokerFailure,
+} from "./upstream-failures.ts";
 import { resolveUpstreamOptions, type SettingsError, type UpstreamOptions } from "./upstream-settings.ts";
 
 export type { BrokerFailure } from "./upstream-failures.ts";
@@ -109,6 +114,12 @@ export function createUpstreamBroker(
   const broker: UpstreamBroker = {
     kind: "upstream",
     description: `upstream broker ${url} (dialect ${base.dialect}${proxy ? `, through ${describeProxy(proxy)}` : ", no proxy"}; agents launched on port ${agentPort} when the broker names only a host)`,
+
+    async checkReachable(log) {
+      const hello = readinessProbe();
+      const r = await relayProbe(settingsFor(log), hello, { clientIp: "", clientLogId: "" }, silent(log));
+      return r.ok ? { ok: true } : { ok: false, reason: describeBrokerFailure(r.failure) };
+    },
 
     async probe(req, ctx) {
       const r = await relayProbe(settingsFor(ctx.log), req, factsOf(ctx), ctx.log);
@@ -199,4 +210,21 @@ function failedHello(pcmInfo: ProductInfo, failure: BrokerFailure): HelloResp {
     domains: [],
     node: { result: { "result-id": "AUTH_FAILED_BROKER_ERROR", "result-str": brokerFailureText(failure) } },
   };
+}
+
+/** The probe hello readiness sends: what a client's QueryBrokerClient sends, parsed once. */
+let probeHello: Hello | undefined;
+function readinessProbe(): Hello {
+  if (probeHello) return probeHello;
+  const r = parseClientRequest(
+    `<?xml version="1.0" encoding="UTF-8"?><pcoip-client version="2.1"><hello><client-info><product-name>${PROBE_PRODUCT_NAME}</product-name><product-version>readiness</product-version><platform>pcoip-cmsg</platform><locale>en_US</locale><hostname>pcoip-cmsg-readiness</hostname></client-info><caps></caps><server-address><ip-address></ip-address><hostname></hostname></server-address></hello></pcoip-client>`,
+  );
+  if (!r.ok || r.msg.op !== "hello") throw new Error("readiness probe hello does not parse");
+  probeHello = r.msg;
+  return probeHello;
+}
+
+/** Readiness reports the failure itself; a down broker polled every few seconds must not flood the log. */
+function silent(log: Logger): Logger {
+  return log.child({}, { level: "error" });
 }

@@ -1,0 +1,290 @@
+/**
+ * The appliance as a real process: `bun src/main.ts run --config FILE` in a temporary folder, the way systemd
+ * runs the installed binary. Tests use it for what only a process shows: signals (SIGHUP reload, SIGTERM drain,
+ * kill -9), sd_notify, exit codes and the JSON log on stdout. Ports are 0 in the generated config; the real ones
+ * come from the start-up listener lines. Every process is ended by its handle in `stop()`/`kill()`, and tests call
+ * one of them in `afterEach`/`finally`.
+ *
+ * const app = await startApplianceProcess({ agent: "127.0.0.1:60443", users: { alice: "pw" } });
+ * app.cm;            // "127.0.0.1:41234", the HTTPS front door
+ * await app.waitForLog((l) => l.msg === "configuration reloaded");
+ * await app.stop();  // SIGTERM, waits for exit
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
+import { testPki } from "./test-certs.ts";
+
+const MAIN = resolve(import.meta.dir, "../../src/main.ts");
+
+export interface ApplianceProcessOptions {
+  /** Agent address of the one built-in desktop ("host:port"); omit for none. */
+  readonly agent?: string;
+  /** SNI/host name of that desktop (default "desktop-1.test", the fake agent's default). */
+  readonly desktopHostname?: string;
+  /** Local accounts (default alice / "correct horse"). */
+  readonly users?: Readonly<Record<string, string>>;
+  /** More TOML appended at the top level before the tables (e.g. `brokerUrl = "https://…"`). */
+  readonly topLevel?: string;
+  /** More TOML appended at the end (whole tables, e.g. "[upstream]\ntimeoutSeconds = 2"). */
+  readonly tables?: string;
+  /** Extra environment (NOTIFY_SOCKET, PCOIP_CMSG_… overrides). */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Reuse a folder (after kill -9, to restart on the same state). */
+  readonly dir?: string;
+  /** Milliseconds to wait for the listener lines (default 20 s). */
+  readonly startTimeoutMs?: number;
+  /** Wait for the listener lines (default true; false for start-up failure tests). */
+  readonly waitReady?: boolean;
+}
+
+export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
+
+export interface ApplianceProcess {
+  readonly proc: Subprocess<"ignore", "pipe", "pipe">;
+  readonly pid: number;
+  readonly dir: string;
+  readonly configFile: string;
+  /** The CA that signed the CM's certificate (for the test client's trust). */
+  readonly ca: string;
+  /** "host:port" of each plane (first listener). */
+  readonly cm: string;
+  readonly redirect: string;
+  readonly sgTcp: string;
+  readonly sgUdp: string;
+  readonly admin: string;
+  /** Every JSON log line so far, parsed; non-JSON lines appear as { msg: "<raw>", raw: true }. */
+  readonly logs: readonly LogLine[];
+  /** Standard error so far. */
+  stderr(): string;
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** Rewrites the config file with the options merged over the first ones (then send SIGHUP). */
+  rewriteConfig(next: Partial<ApplianceProcessOptions> | string): void;
+  signal(sig: "SIGHUP" | "SIGTERM" | "SIGINT" | "SIGKILL"): void;
+  readonly exited: Promise<number>;
+  /** SIGTERM then wait (SIGKILL after `graceMs`, default 10 s); resolves with the exit code. */
+  stop(graceMs?: number): Promise<number>;
+  /** SIGKILL and wait. */
+  kill(): Promise<void>;
+  /** Removes the folder (after the process ended). */
+  cleanup(): void;
+  /** Admin GET on the bound admin listener. */
+  adminGet(path: string): Promise<Response>;
+}
+
+/** The config text for `o`, with every listener on port 0 and TLS from the test PKI. */
+export function applianceToml(dir: string, o: ApplianceProcessOptions): string {
+  const leaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "cm.test"]);
+  const desktop = o.agent
+    ? `
+[[desktops]]
+id = "desktop-1"
+name = "Desktop 1"
+agent = "${o.agent}"
+hostname = "${o.desktopHostname ?? "desktop-1.test"}"
+users = ["*"]
+`
+    : "";
+  return `logLevel = "info"
+externalPcoipIp = ["127.0.0.1"]
+hostAddress = ["localhost"]
+domains = ["test.local"]
+usersFile = "${join(dir, "users")}"
+dataDir = "${join(dir, "data")}"
+drainSeconds = 5
+${o.topLevel ?? ""}
+
+[tls]
+cert = "${leaf.certFile}"
+key = "${leaf.keyFile}"
+caCert = "${testPki().ca.certFile}"
+
+[cm]
+listen = ["127.0.0.1:0"]
+redirectListen = ["127.0.0.1:0"]
+
+[sg]
+tcpListen = ["127.0.0.1:0"]
+udpListen = ["127.0.0.1:0"]
+
+[admin]
+listen = "127.0.0.1:0"
+${desktop}
+${o.tables ?? ""}
+`;
+}
+
+export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Promise<ApplianceProcess> {
+  const dir = o.dir ?? mkdtempSync(join(tmpdir(), "appliance-"));
+  const configFile = join(dir, "pcoip-cmsg.toml");
+  let options = o;
+  writeFileSync(configFile, applianceToml(dir, o));
+  const users = o.users ?? { alice: "correct horse" };
+  await writeUsersFile(
+    join(dir, "users"),
+    await Promise.all(
+      Object.entries(users).map(async ([name, pw]) => ({ name, hash: await hashPassword(pw) })),
+    ),
+  );
+
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    // The appliance must see only this test's settings: no proxies, no inherited config overrides.
+    if (v === undefined || /^PCOIP_CMSG_|^(https?|all|no)_proxy$|^NOTIFY_SOCKET$|^LOG_LEVEL$/i.test(k))
+      continue;
+    env[k] = v;
+  }
+  Object.assign(env, o.env ?? {});
+  const proc = Bun.spawn([process.execPath, MAIN, "run", "--config", configFile], {
+    cwd: dir,
+    env,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const logs: LogLine[] = [];
+  const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
+  let errText = "";
+  const onLine = (line: string) => {
+    if (line.trim() === "") return;
+    let parsed: LogLine;
+    try {
+      parsed = JSON.parse(line) as LogLine;
+    } catch {
+      parsed = { msg: line, raw: true };
+    }
+    logs.push(parsed);
+    for (const w of waiters)
+      if (w.pred(parsed)) {
+        waiters.delete(w);
+        w.resolve(parsed);
+      }
+  };
+  const pump = async (stream: ReadableStream<Uint8Array>, each: (text: string) => void) => {
+    const dec = new TextDecoder();
+    let buf = "";
+    for await (const chunk of stream) {
+      buf += dec.decode(chunk, { stream: true });
+      let nl = buf.indexOf("\n");
+      while (nl >= 0) {
+        each(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        nl = buf.indexOf("\n");
+      }
+    }
+    if (buf) each(buf);
+  };
+  void pump(proc.stdout, onLine);
+  void pump(proc.stderr, (t) => {
+    errText += `${t}\n`;
+  });
+  const exited = proc.exited;
+
+  const waitForLog = (pred: (l: LogLine) => boolean, timeoutMs = 15_000): Promise<LogLine> => {
+    const hit = logs.find(pred);
+    if (hit) return Promise.resolve(hit);
+    return new Promise<LogLine>((res, rej) => {
+      const w = { pred, resolve: (l: LogLine) => (clearTimeout(t), res(l)) };
+      const t = setTimeout(() => {
+        waiters.delete(w);
+        rej(
+          new Error(
+            `appliance log line not seen within ${timeoutMs} ms; last lines:\n${logs
+              .slice(-8)
+              .map((l) => JSON.stringify(l))
+              .join("\n")}\nstderr: ${errText.slice(-2000)}`,
+          ),
+        );
+      }, timeoutMs);
+      waiters.add(w);
+      void exited.then(() => {
+        if (!waiters.has(w)) return;
+        // Give the pump a moment to deliver the last lines before declaring the process gone.
+        setTimeout(() => {
+          if (!waiters.has(w)) return;
+          waiters.delete(w);
+          clearTimeout(t);
+          rej(
+            new Error(
+              `appliance exited (${proc.exitCode}) before the log line; stderr: ${errText.slice(-2000)}`,
+            ),
+          );
+        }, 200);
+      });
+    });
+  };
+
+  const listener = async (name: string): Promise<string> => {
+    const l = await waitForLog((x) => x.listener === name, o.startTimeoutMs ?? 20_000);
+    return String(l.address);
+  };
+  let cm = "";
+  let redirect = "";
+  let sgTcp = "";
+  let sgUdp = "";
+  let admin = "";
+  if (o.waitReady !== false) {
+    try {
+      [cm, redirect, sgTcp, sgUdp, admin] = await Promise.all([
+        listener("cm"),
+        listener("redirect"),
+        listener("sg-tcp"),
+        listener("sg-udp"),
+        listener("admin"),
+      ]);
+    } catch (e) {
+      proc.kill("SIGKILL");
+      await exited;
+      throw e;
+    }
+  }
+
+  const app: ApplianceProcess = {
+    proc,
+    pid: proc.pid,
+    dir,
+    configFile,
+    ca: testPki().ca.cert,
+    cm,
+    redirect,
+    sgTcp,
+    sgUdp,
+    admin,
+    logs,
+    stderr: () => errText,
+    waitForLog,
+    rewriteConfig(next) {
+      if (typeof next === "string") {
+        writeFileSync(configFile, next);
+        return;
+      }
+      options = { ...options, ...next };
+      writeFileSync(configFile, applianceToml(dir, options));
+    },
+    signal(sig) {
+      if (proc.exitCode === null) proc.kill(sig);
+    },
+    exited,
+    async stop(graceMs = 10_000) {
+      if (proc.exitCode !== null) return proc.exitCode;
+      proc.kill("SIGTERM");
+      const t = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+    async kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+      await exited;
+    },
+    cleanup() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+    adminGet(path: string) {
+      return fetch(`http://${admin}${path}`);
+    },
+  };
+  return app;
+}
