@@ -21,6 +21,7 @@ import { bodyLimit } from "hono/body-limit";
 import { clientAddress, type TrustedProxies } from "../net/client-address.ts";
 import type { ConnInfo } from "../net/http1.ts";
 import { type Logger, sessionLogger } from "../observability/log.ts";
+import type { SessionJournal } from "../observability/session-journal.ts";
 import {
   buildAllocateResourceResp,
   buildAuthenticateResp,
@@ -125,6 +126,8 @@ export interface CmAppOptions {
   readonly random?: CmRandom;
   /** Idle-session sweep period; 0 = only on new sessions. Default 60 s. */
   readonly sweepEveryMs?: number;
+  /** Where each session's progress goes for its verdict line (the appliance shares one with the SG). */
+  readonly journal?: SessionJournal;
 }
 
 export interface CmCounters {
@@ -188,6 +191,7 @@ export function createCmApp(options: CmAppOptions): CmApp {
   const clock = options.clock ?? defaultClock;
   const random = options.random ?? defaultRandom;
   const { log, broker, agentClient, gateway, trustedProxies } = options;
+  const journal = options.journal;
   const collaboration = options.enableCollaboration ?? true;
   const holdMs = options.collaborationHoldMs ?? 90_000;
   const licensePath = options.licenseServerUrl ?? "";
@@ -216,6 +220,7 @@ export function createCmApp(options: CmAppOptions): CmApp {
     onRemove(s, reason) {
       s.logon = undefined;
       if (reason !== "bye") s.log.info({ reason }, `pre-session ended (${reason})`);
+      journal?.cmEnded(s.logId, reason);
       void s.conversation.close().catch(() => undefined);
     },
   });
@@ -303,6 +308,8 @@ export function createCmApp(options: CmAppOptions): CmApp {
           const resp = await s.conversation.getResourceList(
             msg as Extract<ClientRequest, { op: "get-resource-list" }>,
           );
+          if (resp.result.resultId === "LIST_SUCCESSFUL") journal?.reached(s.logId, "list");
+          else journal?.failed(s.logId, "list", resp.result.resultId);
           return finish(s, settleList(s.state, resp));
         }
         case "allocate": {
@@ -369,6 +376,7 @@ export function createCmApp(options: CmAppOptions): CmApp {
     };
     store.add(s, now);
     slog.info({ clientIp: req.clientIp }, "pre-session opened");
+    journal?.reached(s.logId, "hello");
     return s;
   };
 
@@ -402,6 +410,8 @@ export function createCmApp(options: CmAppOptions): CmApp {
         case "audit":
           if (e.event === "login_ok") counters.loginsOk++;
           else counters.loginsFailed++;
+          if (e.event === "login_ok") journal?.reached(s.logId, "auth");
+          else journal?.failed(s.logId, "auth", e.resultId);
           s.log.info(
             { audit: true, event: e.event, user: e.user, clientIp: s.clientIp, resultId: e.resultId },
             e.event === "login_ok" ? `login ok: ${e.user}` : `login failed: ${e.user} (${e.resultId})`,
@@ -498,7 +508,11 @@ export function createCmApp(options: CmAppOptions): CmApp {
       result: result(id, text),
     });
     const a = await s.conversation.allocateResource(msg);
-    if (a.kind === "refused") return a.resp;
+    if (a.kind === "refused") {
+      journal?.failed(s.logId, "allocate", `the broker answered ${a.resp.result.resultId}`);
+      return a.resp;
+    }
+    journal?.reached(s.logId, "allocate");
     const user = s.user ?? "";
     const resourceId = a.resourceId;
 
@@ -551,6 +565,11 @@ export function createCmApp(options: CmAppOptions): CmApp {
       );
       if (!launched.ok) {
         release();
+        journal?.failed(
+          s.logId,
+          "agent-launch",
+          `${launched.failure.result.resultId} (see the agent line above)`,
+        );
         return { op: "allocate-resource-resp", result: launched.failure.result };
       }
       const si = launched.sessionInfo;
@@ -593,10 +612,12 @@ export function createCmApp(options: CmAppOptions): CmApp {
           { reason: admitted.reason },
           `admitting the session at the SG: refused (${admitted.reason}); fix: see sg.maxSessions / sg.maxSessionsPerClientIp, or the node is draining`,
         );
+        journal?.failed(s.logId, "sg-tcp", `the SG refused the admission (${admitted.reason})`);
         return fail("ALLOC_FAILED_SERVER_BUSY");
       }
       target = { ...target, ipAddress: ext.ip, port: ext.port };
       via = "sg";
+      journal?.viaGateway(s.logId);
     }
     if (held) {
       const h = holds.get(resourceId);
@@ -610,6 +631,7 @@ export function createCmApp(options: CmAppOptions): CmApp {
       resourceId: base?.resourceId ?? msg.resourceId,
       protocol: base?.protocol ?? (msg.protocol || "PCOIP"),
     };
+    journal?.reached(s.logId, "agent-launch");
     s.log.info(
       {
         audit: true,

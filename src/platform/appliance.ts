@@ -16,6 +16,7 @@ import { type Http1Server, startHttp1Server } from "../net/http1.ts";
 import { type AdminServer, type ReadinessCheck, startAdminServer } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
+import { createSessionJournal } from "../observability/session-journal.ts";
 import { type Admissions, createAdmissions } from "../sg/admissions.ts";
 import { createRelayLimits } from "../sg/limits.ts";
 import { startTcpRelay, type TcpRelay } from "../sg/tcp-relay.ts";
@@ -98,6 +99,8 @@ export async function startAppliance(
   let pair = tls.pair;
 
   const metrics = createMetricsRegistry();
+  const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
+  stops.push(() => journal.stop());
   let draining = false;
   let current = config;
 
@@ -116,6 +119,10 @@ export async function startAppliance(
       ...(deps.now ? { now: deps.now } : {}),
     });
     stops.push(() => admissions?.close());
+    const unsubscribeJournal = admissions.subscribe((e) =>
+      journal.sgEnded(e.admission.sessionLogId, e.reason),
+    );
+    stops.push(unsubscribeJournal);
     const limits = createRelayLimits({ log });
     const tcpListen = listenAddresses(effectiveListeners(config.sg.tcpListen, config.enableIpv6));
     const t = await startTcpRelay({
@@ -124,6 +131,7 @@ export async function startAppliance(
       log,
       handshakeTimeoutMs: config.sg.handshakeTimeoutSeconds * 1000,
       limits,
+      journal,
     });
     if (!t.ok) return fail(t.error);
     tcpRelay = t.relay;
@@ -138,6 +146,7 @@ export async function startAppliance(
       idleMs: config.sg.udpIdleSeconds * 1000,
       rebindMs: config.sg.udpRebindSeconds * 1000,
       limits,
+      journal,
       ...(deps.now ? { now: deps.now } : {}),
     });
     if (!u.ok) return fail(u.error);
@@ -165,6 +174,7 @@ export async function startAppliance(
         }
       : undefined,
     metrics,
+    journal,
   });
   if (!cmStart.ok) return fail(cmStart.error);
   const cm: CmPlane = cmStart.plane;

@@ -22,6 +22,7 @@ import type { ConnInfo } from "../net/http1.ts";
 import type { ReadinessCheck } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { LabelledCounter, type MetricsRegistry } from "../observability/metrics.ts";
+import type { SessionJournal } from "../observability/session-journal.ts";
 import type { ProductInfo } from "../protocol/types.ts";
 import type { CertificatePair } from "../tls/certs.ts";
 import { PRODUCT_NAME, VERSION } from "../version.ts";
@@ -31,6 +32,8 @@ export interface CmPlaneDeps {
   readonly pair: CertificatePair;
   readonly gateway: SessionGateway | undefined;
   readonly metrics: MetricsRegistry;
+  /** Session progress for the verdict lines, shared with the SG. */
+  readonly journal?: SessionJournal;
 }
 
 export interface CmPlane {
@@ -298,6 +301,7 @@ function build(
       suites: config.tls.ciphers,
     }),
     ...(deps.gateway ? { gateway: deps.gateway } : {}),
+    ...(deps.journal ? { journal: deps.journal } : {}),
     trustedProxies: compileTrustedProxies(config.trustedProxies),
     limits: {
       maxPreSessions: config.cm.maxPreSessions,

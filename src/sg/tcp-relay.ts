@@ -13,6 +13,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { canonicalIp } from "../net/client-address.ts";
 import { type Logger, sessionLogger } from "../observability/log.ts";
+import type { SessionJournal } from "../observability/session-journal.ts";
 import type { Admission, AdmissionEvent, Admissions } from "./admissions.ts";
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.ts";
 import { createRelayLimits, type RelayLimits } from "./limits.ts";
@@ -46,6 +47,8 @@ export interface TcpRelayOptions {
   readonly maxHelloBytes?: number;
   /** Shared descriptor budget (one per process); built from RLIMIT_NOFILE when omitted. */
   readonly limits?: RelayLimits;
+  /** Session progress (the control connection) and bytes, for the session verdict and end lines. */
+  readonly journal?: SessionJournal;
   /** TCP keepalive on both legs, so a client that vanished is noticed. */
   readonly keepAliveSeconds?: number;
 }
@@ -171,7 +174,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     }
     if (++refusalLogsInWindow > 5) return;
     (conn.log ?? log).info(
-      { client: `${conn.clientIp}:${conn.clientPort}`, reason, ...extra },
+      { audit: true, event: "sg_deny", client: `${conn.clientIp}:${conn.clientPort}`, reason, ...extra },
       "sg tcp connection refused",
     );
   }
@@ -274,8 +277,11 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     counters.active++;
     const s = conn.session!;
     const current = admissions.get(s.sessionLogId);
+    options.journal?.reached(s.sessionLogId, "sg-tcp");
     conn.log?.info(
       {
+        audit: true,
+        event: "sg_admit",
         client: `${conn.clientIp}:${conn.clientPort}`,
         agent: `${s.agentHost}:${s.agentTcpPort}`,
         agentSessionId: s.agentSessionId,
@@ -399,6 +405,11 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     }
     if (wasRelaying) {
       counters.active--;
+      if (conn.session)
+        options.journal?.traffic(conn.session.sessionLogId, {
+          bytesFromClient: conn.bytesUp,
+          bytesToClient: conn.bytesDown,
+        });
       conn.log?.info(
         {
           client: `${conn.clientIp}:${conn.clientPort}`,

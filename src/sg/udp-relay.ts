@@ -14,6 +14,7 @@
 import type { udp } from "bun";
 import { canonicalIp, ipFamily } from "../net/client-address.ts";
 import { type Logger, sessionLogger } from "../observability/log.ts";
+import type { SessionJournal } from "../observability/session-journal.ts";
 import type { Admission, AdmissionEvent, Admissions } from "./admissions.ts";
 import { createRelayLimits, type RelayLimits } from "./limits.ts";
 import { createPortPool, DEFAULT_UDP_SOURCE_PORTS, type PortRange } from "./port-pool.ts";
@@ -37,6 +38,8 @@ export interface UdpRelayOptions {
   readonly openingQueue?: number;
   /** Shared descriptor budget (one per process); built from RLIMIT_NOFILE when omitted. */
   readonly limits?: RelayLimits;
+  /** Session progress (first UDP each way) and bytes, for the session verdict and end lines. */
+  readonly journal?: SessionJournal;
   readonly now?: () => number;
   /** Timer period for idle expiry and verdicts; derived from idleMs/rebindMs when omitted. */
   readonly sweepEveryMs?: number;
@@ -132,7 +135,7 @@ interface UdpSession {
  * const r = await startUdpRelay({ listen: [{ hostname: "0.0.0.0", port: 4172 }], admissions, log });
  */
 export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResult<UdpRelay>> {
-  const { admissions, log } = options;
+  const { admissions, log, journal } = options;
   const now = options.now ?? Date.now;
   const idleMs = options.idleMs ?? 120_000;
   const rebindMs = options.rebindMs ?? 10_000;
@@ -229,7 +232,8 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       return;
     }
     f.lastDownAt = clock;
-    f.packetsDown++;
+    // The first datagram back is a session milestone (media flows both ways); later ones cost one compare.
+    if (++f.packetsDown === 1) journal?.reached(s.id, "udp-from-agent");
     f.bytesDown += buf.length;
     counters.packetsDown++;
     counters.bytesDown += buf.length;
@@ -306,6 +310,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     if (byPort) byPort.set(port, flow);
     else flowsByAddr.set(addr, new Map([[port, flow]]));
     settled.add(s.id);
+    journal?.reached(s.id, "udp-from-client");
     counters.flowsBound++;
     counters.packetsUp++;
     counters.bytesUp += buf.length;
@@ -435,6 +440,12 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     }
     if (f.session.flow === f) f.session.flow = undefined;
     counters.flowsClosed++;
+    journal?.traffic(f.session.id, {
+      bytesFromClient: f.bytesUp,
+      bytesToClient: f.bytesDown,
+      packetsFromClient: f.packetsUp,
+      packetsToClient: f.packetsDown,
+    });
     f.session.log.info(
       {
         client: `${f.clientIp}:${f.port}`,
@@ -490,14 +501,27 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     const l = sessionLogger(log, a.sessionLogId);
     if (others.size > 0) {
       l.warn(
-        { clientIp: a.clientIp, udpFromOtherIps: [...others], waitedMs: clock - (a.activatedAt ?? clock) },
+        {
+          verdict: true,
+          stage: "sg-tcp",
+          outcome: "stalled",
+          clientIp: a.clientIp,
+          udpFromOtherIps: [...others],
+          waitedMs: clock - (a.activatedAt ?? clock),
+        },
         "sg udp verdict: the client's TCP came from its admitted IP but UDP arrived only from other IPs " +
           "(its NAT uses another public address for UDP); the SG does not bind UDP across IPs — " +
           "ask for a NAT that keeps one public IP per client (address pooling 'paired')",
       );
     } else {
       l.warn(
-        { clientIp: a.clientIp, waitedMs: clock - (a.activatedAt ?? clock) },
+        {
+          verdict: true,
+          stage: "sg-tcp",
+          outcome: "stalled",
+          clientIp: a.clientIp,
+          waitedMs: clock - (a.activatedAt ?? clock),
+        },
         "sg udp verdict: no UDP from the client since its control connection: check that UDP 4172 to the SG " +
           "is open on every firewall between client and SG",
       );
