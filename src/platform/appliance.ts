@@ -327,16 +327,18 @@ export async function startAppliance(
     liveSessions: () => admissions?.size ?? 0,
     async reload(next) {
       const changed = changedKeys(current, next);
-      if (changed.length === 0) return { ok: true, changed };
       const blocked = changed.filter((k) => RESTART_KEYS.some((r) => k === r || k.startsWith(`${r}.`)));
       if (blocked.length > 0) return { ok: false, error: `needs restart: ${blocked.join(", ")}` };
-      // Build everything new before touching anything live.
+      // Build everything new before touching anything live. The certificate files are read again even when
+      // their paths did not change: renewing a certificate in place and reloading is the usual way to swap it.
       let nextPair = pair;
-      if (changed.some((k) => k.startsWith("tls.") || k === "hostAddress")) {
-        const t = await loadTls(next, log);
-        if (!t.ok) return { ok: false, error: `${t.error.what}: ${t.error.cause}; ${t.error.fix}` };
+      const t = await loadTls(next, log);
+      if (!t.ok) return { ok: false, error: `${t.error.what}: ${t.error.cause}; ${t.error.fix}` };
+      if (t.pair.chainPem !== pair.chainPem || t.pair.key !== pair.key) {
         nextPair = t.pair;
+        changed.push("tls (certificate files)");
       }
+      if (changed.length === 0) return { ok: true, changed };
       const cmResult = await cm.reload(next, nextPair);
       if (!cmResult.ok) return { ok: false, error: cmResult.error };
       // Swap.
