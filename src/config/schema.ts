@@ -339,6 +339,12 @@ const upstream = section("upstream", {
     600,
     "Upstream allocate timeout: must exceed the broker's own agent timeout, so its answer arrives first.",
   ),
+  agentPort: int(
+    60443,
+    1,
+    65535,
+    "Agent port the CM launches sessions on when the broker's allocation names only the desktop's host.",
+  ),
 });
 
 const sg = section("sg", {

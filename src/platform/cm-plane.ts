@@ -199,6 +199,7 @@ function build(
       dialect: config.upstream.dialect,
       timeoutMs: config.upstream.timeoutSeconds * 1000,
       allocateTimeoutMs: config.upstream.allocateTimeoutSeconds * 1000,
+      agentPort: config.upstream.agentPort,
       brokerCertCheck: config.tls.brokerCertCheck,
       ...(ca ? { caCertPem: ca } : {}),
       env: process.env,
