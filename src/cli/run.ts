@@ -66,8 +66,23 @@ export async function runCommand(argv: string[], io: CliIo): Promise<number> {
   for (const w of loaded.warnings) log.warn({ config: file }, w);
   const notifier = createNotifier();
 
+  // Signal handlers go in before anything listens: a SIGTERM or SIGHUP (whose default action kills) that lands
+  // while start-up runs is held and acted on once the appliance is up, never a silent exit 143/129.
+  const early: string[] = [];
+  const holdEarly = (signal: string) => () => void early.push(signal);
+  const earlyHandlers = {
+    SIGHUP: holdEarly("SIGHUP"),
+    SIGTERM: holdEarly("SIGTERM"),
+    SIGINT: holdEarly("SIGINT"),
+  };
+  for (const [sig, h] of Object.entries(earlyHandlers)) process.on(sig, h);
+  const dropEarlyHandlers = () => {
+    for (const [sig, h] of Object.entries(earlyHandlers)) process.off(sig, h);
+  };
+
   const started = await startAppliance(loaded.config, { log });
   if (!started.ok) {
+    dropEarlyHandlers();
     const { what, cause, fix } = started.error;
     log.error({ what, cause, fix }, `start-up failed: ${what}: ${cause}`);
     io.stderr(`pcoip-cmsg run: ${what}: ${cause}\n  fix: ${fix}\n`);
@@ -140,6 +155,11 @@ export async function runCommand(argv: string[], io: CliIo): Promise<number> {
     process.on("SIGHUP", hup);
     process.on("SIGTERM", term);
     process.on("SIGINT", int);
+    dropEarlyHandlers();
+    for (const signal of early) {
+      if (signal === "SIGHUP") hup();
+      else void onStop(signal);
+    }
   });
 }
 

@@ -507,6 +507,15 @@ export function createCmApp(options: CmAppOptions): CmApp {
       op: "allocate-resource-resp",
       result: result(id, text),
     });
+    // A draining node launches nothing: an agent would log the user on for a session the SG then refuses.
+    if (draining) {
+      s.log.info(
+        { reason: "draining" },
+        "allocating: refused, this node is draining (shutting down or upgrading)",
+      );
+      journal?.failed(s.logId, "allocate", "the node is draining");
+      return fail("ALLOC_FAILED_SERVER_BUSY", "The server is shutting down; please connect again");
+    }
     const a = await s.conversation.allocateResource(msg);
     if (a.kind === "refused") {
       journal?.failed(s.logId, "allocate", `the broker answered ${a.resp.result.resultId}`);

@@ -358,7 +358,8 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     };
     sessions.set(s.id, s);
     counters.sessionsOpen++;
-    bindSessionSocket(s, 8);
+    // Other software may hold runs of ports inside the range (another relay, a test); skipping costs one bind each.
+    bindSessionSocket(s, 64);
     return s;
   }
 
