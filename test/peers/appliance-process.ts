@@ -40,7 +40,8 @@ export interface ApplianceProcessOptions {
   readonly waitReady?: boolean;
 }
 
-export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
+/** `level` is the label ("debug", "info", "warn", "error"): the logger formats levels as labels. */
+export type LogLine = Record<string, unknown> & { msg?: string; level?: string };
 
 export interface ApplianceProcess {
   readonly proc: Subprocess<"ignore", "pipe", "pipe">;
@@ -186,7 +187,13 @@ export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Pr
     const hit = logs.find(pred);
     if (hit) return Promise.resolve(hit);
     return new Promise<LogLine>((res, rej) => {
-      const w = { pred, resolve: (l: LogLine) => (clearTimeout(t), res(l)) };
+      const w = {
+        pred,
+        resolve: (l: LogLine) => {
+          clearTimeout(t);
+          res(l);
+        },
+      };
       const t = setTimeout(() => {
         waiters.delete(w);
         rej(

@@ -1,0 +1,151 @@
+// Claim: SIGTERM drains. From the signal on, the load balancer's GET /pcoip-broker/xml answers 503 (HTTPS and
+// plain HTTP), /readyz says draining, and a new allocation fails with a clear result and a log line saying why —
+// while the live session's TCP relay and UDP flow keep carrying bytes. The process exits 0 as soon as the last
+// session ends, or when drainSeconds runs out, cutting what is left.
+import { afterEach, describe, expect, test } from "bun:test";
+import type { ControlClient } from "../peers/agent-endpoint.ts";
+import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
+import {
+  cmClient,
+  cmGet,
+  keepFlowing,
+  openControl,
+  sgEnv,
+  signIn,
+  tcpRoundTrip,
+  type UdpPeer,
+  udpPeer,
+  until,
+} from "../peers/appliance-session.ts";
+import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+
+let app: ApplianceProcess | undefined;
+let agent: FakeAgent | undefined;
+const closers: (() => void | Promise<void>)[] = [];
+
+afterEach(async () => {
+  for (const c of closers.splice(0).reverse()) await c();
+  await app?.kill();
+  app?.cleanup();
+  app = undefined;
+  await agent?.close();
+  agent = undefined;
+});
+
+async function withLiveSession(env: Record<string, string>): Promise<{
+  app: ApplianceProcess;
+  agent: FakeAgent;
+  control: ControlClient;
+  udp: UdpPeer;
+  sessionId: string;
+}> {
+  agent = await startFakeAgent({ endpoint: true });
+  app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: { ...sgEnv(), ...env } });
+  const s = await signIn(app);
+  closers.push(() => s.client.close());
+  const control = await openControl(app);
+  closers.push(() => control.close());
+  await tcpRoundTrip(control, "<before>");
+  const udp = await udpPeer(app);
+  closers.push(() => udp.close());
+  await udp.roundTrip("<udp-before>");
+  return { app, agent, control, udp, sessionId: s.sessionId };
+}
+
+const exitWithin = (a: ApplianceProcess, ms: number) =>
+  Promise.race([a.exited, Bun.sleep(ms).then(() => "still running" as const)]);
+
+describe("SIGTERM with a live session", () => {
+  test("no new sessions, the live one keeps flowing, exit 0 as soon as it ends", async () => {
+    // drainSeconds far beyond the test, and no reconnect grace: only the session's end can let the process go.
+    const { app, control, udp, sessionId } = await withLiveSession({
+      PCOIP_CMSG_DRAINSECONDS: "600",
+      PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0",
+    });
+    expect((await cmGet(app, "/pcoip-broker/xml")).status).toBe(200);
+    const flow = keepFlowing(control, udp);
+    closers.push(() => flow.stop());
+
+    app.signal("SIGTERM");
+    await app.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("draining"), 5000);
+
+    // The load balancer is told to go elsewhere, on both listeners, and readiness says why.
+    const get = await cmGet(app, "/pcoip-broker/xml");
+    expect(get.status).toBe(503);
+    expect(get.body).toContain("draining");
+    expect((await fetch(`http://${app.redirect}/pcoip-broker/xml`, { redirect: "manual" })).status).toBe(503);
+    const ready = await app.adminGet("/readyz");
+    expect(ready.status).toBe(503);
+    expect(await ready.text()).toMatch(/^FAIL draining/m);
+
+    // A new client gets a clear failure at allocation, and the log says it is the drain.
+    const c = cmClient(app);
+    closers.push(() => c.close());
+    expect((await c.hello()).operation).toBe("hello-resp");
+    expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+    expect((await c.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
+    const alloc = await c.allocate("desktop-1");
+    expect(alloc.resultId).toMatch(/^ALLOC_FAILED/);
+    expect(alloc.resultStr).not.toBe("");
+    expect(alloc.body).not.toContain("<connect-tag>");
+    await app.waitForLog((l) => l.reason === "draining" && l.sessionId !== sessionId, 5000);
+
+    // The live session is untouched: every tick before, during and after the signal came back.
+    await Bun.sleep(300);
+    await flow.stopAndCheck();
+    await tcpRoundTrip(control, "<during-drain>");
+    await udp.roundTrip("<udp-during-drain>");
+    expect(await exitWithin(app, 500)).toBe("still running");
+
+    // The session ends: the process drains and exits 0 well before drainSeconds.
+    const endedAt = Date.now();
+    control.halfClose();
+    await control.waitFor("END ", 5000);
+    const code = await exitWithin(app, 15_000);
+    expect(code).toBe(0);
+    expect(Date.now() - endedAt).toBeLessThan(15_000);
+    expect(app.logs.some((l) => l.msg === "drained: no live sessions")).toBe(true);
+    expect(app.logs.some((l) => l.liveSessionsCut !== undefined && l.liveSessionsCut !== 0)).toBe(false);
+  });
+
+  test("drainSeconds bounds the drain: a session that never ends is cut, and the process exits 0", async () => {
+    const { app, control, udp } = await withLiveSession({ PCOIP_CMSG_DRAINSECONDS: "2" });
+    const flow = keepFlowing(control, udp);
+    closers.push(() => flow.stop());
+    const t0 = Date.now();
+    app.signal("SIGTERM");
+    await app.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("draining"), 5000);
+    await Bun.sleep(300);
+    await flow.stopAndCheck(); // still relaying inside the drain window
+    const code = await exitWithin(app, 15_000);
+    const took = Date.now() - t0;
+    expect(code).toBe(0);
+    expect(took).toBeGreaterThanOrEqual(1900);
+    expect(took).toBeLessThan(15_000);
+    const over = app.logs.find((l) => l.liveSessionsCut !== undefined);
+    expect(over?.liveSessionsCut).toBe(1);
+    expect(String(over?.msg)).toContain("drain time over");
+    // The cut reaches the client: its control connection is closed.
+    await Promise.race([
+      control.closed,
+      Bun.sleep(5000).then(() => {
+        throw new Error("the client's control connection was not closed after the drain");
+      }),
+    ]);
+  });
+
+  // Also a start-up race: the signal comes right after the listener lines, as a `systemctl stop` right after
+  // READY=1 would. The handlers must already be in place (SIGTERM's default action would exit 143, undrained).
+  test("SIGTERM right after start-up, nothing live: drained at once, exit 0", async () => {
+    agent = await startFakeAgent({ endpoint: true });
+    app = await startApplianceProcess({
+      agent: `127.0.0.1:${agent.port}`,
+      env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
+    });
+    const t0 = Date.now();
+    app.signal("SIGTERM");
+    expect(await exitWithin(app, 10_000)).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    await until(() => app!.logs.some((l) => l.msg === "drained: no live sessions"), "the drained line", 2000);
+  });
+});
