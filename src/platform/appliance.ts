@@ -58,10 +58,13 @@ export interface Appliance {
   /** No new admissions or allocations; GET /pcoip-broker/xml answers 503; live relays go on. */
   startDrain(): void;
   readonly draining: boolean;
-  /** Sessions the SG still relays (pending, active or within reconnect grace). */
+  /** Sessions a drain waits for: active, within reconnect grace, or admitted in the last few seconds. */
   liveSessions(): number;
   stop(): Promise<void>;
 }
+
+/** An admission younger than this still holds a drain although its client has not connected yet. */
+const FRESH_ADMISSION_MS = 10_000;
 
 /** Keys whose change needs a restart (sockets the kernel holds, the SG's shape). */
 const RESTART_KEYS = [
@@ -324,7 +327,17 @@ export async function startAppliance(
       cm.setDraining(true);
       log.info({ liveSessions: appliance.liveSessions() }, "draining: no new sessions; live relays continue");
     },
-    liveSessions: () => admissions?.size ?? 0,
+    liveSessions: () => {
+      if (!admissions) return 0;
+      // A drain waits for sessions with a control connection or in their reconnect grace, and for admissions
+      // made moments ago (their client connects within seconds of its allocation); an admission nobody used for
+      // longer will most likely never be, and must not hold `systemctl stop` for the whole drainSeconds.
+      const t = (deps.now ?? Date.now)();
+      let n = 0;
+      for (const a of admissions.list())
+        if (a.state !== "pending" || t - a.admittedAt < FRESH_ADMISSION_MS) n++;
+      return n;
+    },
     async reload(next) {
       const changed = changedKeys(current, next);
       const blocked = changed.filter((k) => RESTART_KEYS.some((r) => k === r || k.startsWith(`${r}.`)));
