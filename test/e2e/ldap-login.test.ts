@@ -119,3 +119,87 @@ users = ["*"]
     }
   });
 });
+
+/**
+ * `[auth] order` with both a users file and a directory: bob has a local account whose password differs from
+ * his directory one. Local first: the first authenticator that knows the name decides, so only the local
+ * password signs in; directory first: only the directory one does. A directory account that is expired (carol)
+ * or locked (dave) gets the matching result through the whole appliance, not a generic wrong-password answer.
+ */
+describe.skipIf(Boolean(missing))("auth order: local accounts and the directory", () => {
+  const BOB_LOCAL = "bob-local-only-pw";
+  let slapd: SlapdPeer;
+  let localFirst: ApplianceProcess;
+  let ldapFirst: ApplianceProcess;
+
+  const tables = (order: string) => `
+[ldap]
+url = "${slapd.url}"
+bindDn = "uid={user},${PEOPLE_DN}"
+startTls = true
+defaultDomain = "corp.example"
+
+[auth]
+order = ${order}
+`;
+
+  beforeAll(async () => {
+    expect(BOB_LOCAL).not.toBe(FIXTURE.bob.password);
+    slapd = await startSlapd();
+    localFirst = await startApplianceProcess({
+      users: { bob: BOB_LOCAL },
+      tables: tables('["local", "ldap"]'),
+    });
+    ldapFirst = await startApplianceProcess({
+      users: { bob: BOB_LOCAL },
+      tables: tables('["ldap", "local"]'),
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    await localFirst?.kill();
+    localFirst?.cleanup();
+    await ldapFirst?.kill();
+    ldapFirst?.cleanup();
+    await slapd?.stop();
+  });
+
+  /** hello + authenticate on a fresh connection; the answer's result id. */
+  const signIn = async (app: ApplianceProcess, user: string, password: string): Promise<string> => {
+    const [host, port] = app.cm.split(":");
+    const c = pcoipClient({ host: host!, port: Number(port), ca: app.ca, servername: "localhost" });
+    try {
+      expect((await c.hello()).operation).toBe("hello-resp");
+      return (await c.authenticate(user, password, "corp.example")).resultId;
+    } finally {
+      c.close();
+    }
+  };
+
+  test('order ["local","ldap"]: bob\'s local password signs in, his directory one does not', async () => {
+    expect(await signIn(localFirst, "bob", BOB_LOCAL)).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+    expect(await signIn(localFirst, "bob", FIXTURE.bob.password)).toBe(
+      "AUTH_FAILED_UNKNOWN_USERNAME_OR_PASSWORD",
+    );
+    // A directory user without a local account still gets through to the directory.
+    expect(await signIn(localFirst, "alice", FIXTURE.alice.password)).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+    const logs = JSON.stringify(localFirst.logs);
+    expect(logs).not.toContain(BOB_LOCAL);
+    expect(logs).not.toContain(FIXTURE.bob.password);
+  }, 30_000);
+
+  test('order ["ldap","local"]: bob\'s directory password signs in, his local one does not', async () => {
+    expect(await signIn(ldapFirst, "bob", FIXTURE.bob.password)).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+    expect(await signIn(ldapFirst, "bob", BOB_LOCAL)).toBe("AUTH_FAILED_UNKNOWN_USERNAME_OR_PASSWORD");
+  }, 30_000);
+
+  test("carol's expired directory password → AUTH_FAILED_EXPIRED_PASSWORD (either order)", async () => {
+    expect(await signIn(ldapFirst, "carol", FIXTURE.carol.password)).toBe("AUTH_FAILED_EXPIRED_PASSWORD");
+    expect(await signIn(localFirst, "carol", FIXTURE.carol.password)).toBe("AUTH_FAILED_EXPIRED_PASSWORD");
+  }, 30_000);
+
+  test("dave's locked directory account → AUTH_FAILED_ACCESS_DENIED (either order)", async () => {
+    expect(await signIn(ldapFirst, "dave", FIXTURE.dave.password)).toBe("AUTH_FAILED_ACCESS_DENIED");
+    expect(await signIn(localFirst, "dave", FIXTURE.dave.password)).toBe("AUTH_FAILED_ACCESS_DENIED");
+  }, 30_000);
+});

@@ -294,3 +294,48 @@ describe("local users file", () => {
     expect(statSync(f).mode & 0o777).toBe(0o600);
   });
 });
+
+describe("authenticator refusals become client results", () => {
+  const desktops = [{ id: "d", name: "D", agentHost: "h", users: ["*"], groups: [] }];
+  /** An authenticator that refuses every login with `reason` (as a directory does for such an account). */
+  const refusing = (reason: "expired_password" | "access_denied" | "bad_credentials"): Authenticator => ({
+    name: "ldap",
+    async authenticate() {
+      return { ok: false, reason, detail: `ldap: ${reason}` };
+    },
+  });
+  const make = (auths: Authenticator[]) =>
+    createBuiltinBroker({
+      desktops,
+      authenticators: auths,
+      domains: [],
+      brokerInfo: PRODUCT,
+      pcmInfo: PRODUCT,
+    });
+
+  const rows = [
+    ["expired_password", "AUTH_FAILED_EXPIRED_PASSWORD"],
+    ["access_denied", "AUTH_FAILED_ACCESS_DENIED"],
+    ["bad_credentials", "AUTH_FAILED_UNKNOWN_USERNAME_OR_PASSWORD"],
+  ] as const;
+  for (const [reason, resultId] of rows) {
+    test(`${reason} → ${resultId}, no identity, no desktops`, async () => {
+      const c = make([refusing(reason)]).openConversation(ctx());
+      const r = await signIn(c, "carol", "pw");
+      expect(r.resp.result.resultId).toBe(resultId);
+      expect(r.identity).toBeUndefined();
+      expect((await c.getResourceList(list)).result.resultId).toBe("LIST_FAILED_NO_ENTITLEMENT");
+    });
+  }
+
+  test("an expired or locked account decides: a later authenticator that knows the name is not asked", async () => {
+    for (const reason of ["expired_password", "access_denied"] as const) {
+      const local = directory("local", { carol: { password: "pw", groups: [] } });
+      const r = await signIn(make([refusing(reason), local]).openConversation(ctx()), "carol", "pw");
+      expect(r.resp.result.resultId).toBe(
+        reason === "expired_password" ? "AUTH_FAILED_EXPIRED_PASSWORD" : "AUTH_FAILED_ACCESS_DENIED",
+      );
+      expect(local.calls).toBe(0);
+    }
+  });
+});

@@ -23,7 +23,7 @@ import { hostInstallDeps, type InstallDeps, runInstall } from "../../src/cli/ins
 import type { CliIo } from "../../src/cli/io.ts";
 import { runUninstall } from "../../src/cli/uninstall.ts";
 import { loadConfig } from "../../src/config/load.ts";
-import { type CommandRunner, runCommand } from "../../src/platform/host.ts";
+import { type CommandRunner, type PortProbe, runCommand } from "../../src/platform/host.ts";
 import { installLayout } from "../../src/platform/paths.ts";
 import { loadCertificatePair } from "../../src/tls/certs.ts";
 
@@ -422,4 +422,221 @@ describe("install refusals", () => {
     expect(await runInstall(["--external-pcoip", "1.2.3.4"], io, deps(recorder().run))).toBe(2);
     expect(io.err).toContain("did you mean --external-pcoip-ip");
   });
+});
+
+/** The environment without anything that would steer the appliance (overrides, proxies, systemd, LOG_LEVEL). */
+function cleanEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v === undefined || /^PCOIP_CMSG_|^(https?|all|no)_proxy$|^NOTIFY_SOCKET$|^LOG_LEVEL$/i.test(k))
+      continue;
+    env[k] = v;
+  }
+  return env;
+}
+
+const GB = 1024 ** 3;
+
+describe("the staged installation runs", () => {
+  const root = join(work, "stage-run");
+  const layout = installLayout(root);
+  const io = capture();
+  let code = -1;
+
+  test("staged install on a small host: low disk with --ignore-disk-req and low memory are warnings only", async () => {
+    code = await runInstall(
+      [
+        "--root",
+        root,
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.10",
+        "--host-address",
+        "localhost",
+        "--host-address",
+        "127.0.0.1",
+        "--self-signed",
+        "--binary",
+        fakeBinary("9.9.8"),
+        "--ignore-disk-req",
+      ],
+      io,
+      {
+        ...deps(recorder().run),
+        freeDisk: () => 5 * GB,
+        memory: () => ({ totalBytes: 1 * GB, availableBytes: 0.5 * GB }),
+      },
+    );
+    expect(io.err).not.toContain("install: ");
+    expect(code).toBe(0);
+    expect(io.out).toContain("disk: 5.0 GB free (below 10 GB: --ignore-disk-req)");
+    expect(io.err).toContain("memory: 1.0 GB in total; 2 GB or more is recommended");
+    expect(existsSync(layout.disk.configFile)).toBe(true);
+  }, 60_000);
+
+  test("`run --config <staged config>` with listeners and paths moved by PCOIP_CMSG_* starts, serves the staged certificate, and exits 0 on SIGTERM", async () => {
+    expect(code).toBe(0);
+    // The staged config names host paths (/etc/pcoip-cmsg/…, /var/lib/pcoip-cmsg) and real ports: the
+    // environment moves them under the root and onto loopback port 0.
+    const staged = loadConfig({ file: layout.disk.configFile, strict: true });
+    if (!staged.ok) throw new Error(staged.errors.join("\n"));
+    expect(staged.config.tls.cert).toBe(layout.host.certFile);
+    const env = {
+      ...cleanEnv(),
+      PCOIP_CMSG_TLS_CERT: layout.onDisk(staged.config.tls.cert),
+      PCOIP_CMSG_TLS_KEY: layout.onDisk(staged.config.tls.key),
+      PCOIP_CMSG_USERSFILE: layout.onDisk(staged.config.usersFile),
+      PCOIP_CMSG_DATADIR: layout.onDisk(staged.config.dataDir),
+      PCOIP_CMSG_CM_LISTEN: "127.0.0.1:0",
+      PCOIP_CMSG_CM_REDIRECTLISTEN: "127.0.0.1:0",
+      PCOIP_CMSG_SG_TCPLISTEN: "127.0.0.1:0",
+      PCOIP_CMSG_SG_UDPLISTEN: "127.0.0.1:0",
+      PCOIP_CMSG_ADMIN_LISTEN: "127.0.0.1:0",
+      PCOIP_CMSG_DRAINSECONDS: "1",
+    };
+    const proc = Bun.spawn(
+      [
+        process.execPath,
+        join(import.meta.dir, "../../src/main.ts"),
+        "run",
+        "--config",
+        layout.disk.configFile,
+      ],
+      { cwd: root, env, stdin: "ignore", stdout: "pipe", stderr: "pipe" },
+    );
+    const stderr = new Response(proc.stderr).text();
+    const lines: Record<string, unknown>[] = [];
+    let raw = "";
+    const reader = (async () => {
+      const dec = new TextDecoder();
+      for await (const chunk of proc.stdout) {
+        raw += dec.decode(chunk, { stream: true });
+        for (let nl = raw.indexOf("\n"); nl >= 0; nl = raw.indexOf("\n")) {
+          const line = raw.slice(0, nl);
+          raw = raw.slice(nl + 1);
+          try {
+            lines.push(JSON.parse(line) as Record<string, unknown>);
+          } catch {
+            lines.push({ msg: line, raw: true });
+          }
+        }
+      }
+    })();
+    const listener = (name: string) => lines.find((l) => l.listener === name);
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!(listener("cm") && listener("admin")) && Date.now() < deadline && proc.exitCode === null)
+        await Bun.sleep(50);
+      if (!listener("cm") || !listener("admin"))
+        throw new Error(
+          `no "listener":"cm" line (exit ${proc.exitCode}):\n${lines
+            .slice(-10)
+            .map((l) => JSON.stringify(l))
+            .join("\n")}\n${proc.exitCode !== null ? await stderr : ""}`,
+        );
+      const cm = String(listener("cm")!.address);
+      expect(cm).toMatch(/^127\.0\.0\.1:[1-9]\d*$/);
+      // The front door serves the certificate the install generated: trusting only that one, TLS verifies.
+      const r = await fetch(`https://${cm}/pcoip-broker/xml`, {
+        tls: { ca: readFileSync(layout.disk.certFile, "utf8") },
+        signal: AbortSignal.timeout(15_000),
+      });
+      expect(r.status).toBe(200);
+      const health = await fetch(`http://${String(listener("admin")!.address)}/healthz`, {
+        signal: AbortSignal.timeout(15_000),
+      });
+      expect(health.status).toBe(200);
+
+      proc.kill("SIGTERM");
+      const killer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
+      const exit = await proc.exited;
+      clearTimeout(killer);
+      await reader;
+      expect(proc.signalCode).toBeNull();
+      expect(exit).toBe(0);
+      expect(lines.some((l) => l.signal === "SIGTERM")).toBe(true);
+    } finally {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+      await proc.exited;
+    }
+  }, 60_000);
+});
+
+describe("install pre-checks (injected host)", () => {
+  test("too little disk without --ignore-disk-req is refused with the 10 GB rule; nothing is written", async () => {
+    const root = join(work, "small-disk");
+    const io = capture();
+    const code = await runInstall(
+      [
+        "--root",
+        root,
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.9",
+        "--self-signed",
+        "--binary",
+        fakeBinary("1.0.2"),
+      ],
+      io,
+      {
+        ...deps(recorder().run),
+        freeDisk: () => 3 * GB,
+        memory: () => ({ totalBytes: 8 * GB, availableBytes: 6 * GB }),
+      },
+    );
+    expect(code).toBe(1);
+    expect(io.err).toContain("refused; nothing was changed");
+    expect(io.err).toContain("3.0 GB free for /var/lib/pcoip-cmsg; 10 GB are required");
+    expect(io.err).toContain("--ignore-disk-req");
+    expect(existsSync(root) ? readdirSync(root) : []).toEqual([]);
+  }, 30_000);
+
+  test("a busy 443/tcp is refused naming the port and the key; nothing is written; low memory only warns", async () => {
+    // A real (not staged) install, so the ports are checked. Everything host-facing is injected: the port
+    // probe says 443/tcp is taken, and the command runner allows only the fake binary's --version, so if the
+    // refusal ever failed, the install would stop at its first host command (useradd) before writing a file.
+    const binary = fakeBinary("1.0.3");
+    const ran: string[] = [];
+    const run: CommandRunner = async (cmd, args, opts) => {
+      ran.push([cmd, ...args].join(" "));
+      if (cmd !== binary) throw new Error(`test: ${cmd} must not run: the install must be refused first`);
+      return runCommand(cmd, args, opts);
+    };
+    const probed: string[] = [];
+    const watched = [
+      "/etc/pcoip-cmsg",
+      "/usr/local/bin/pcoip-cmsg",
+      "/usr/local/lib/pcoip-cmsg",
+      "/var/lib/pcoip-cmsg",
+      "/etc/systemd/system/pcoip-cmsg.service",
+      "/etc/sysctl.d/90-pcoip-cmsg.conf",
+    ];
+    const before = watched.map((f) => existsSync(f));
+    const io = capture();
+    const code = await runInstall(
+      ["--accept-policies", "--external-pcoip-ip", "203.0.113.9", "--self-signed", "--binary", binary],
+      io,
+      {
+        ...deps(run),
+        systemdRunning: () => false,
+        freeDisk: () => 50 * GB,
+        memory: () => ({ totalBytes: 1.5 * GB, availableBytes: 1 * GB }),
+        portFree: async (host, port, protocol): Promise<PortProbe> => {
+          probed.push(`${host}:${port}/${protocol}`);
+          return port === 443 && protocol === "tcp"
+            ? { free: false, cause: "the address is already in use (EADDRINUSE)" }
+            : { free: true };
+        },
+      },
+    );
+    expect(code).toBe(1);
+    expect(io.err).toContain("refused; nothing was changed");
+    expect(io.err).toContain("checking that the ports are free");
+    expect(io.err).toMatch(/cm\.listen \S*:443\/tcp: the address is already in use/);
+    expect(io.err).not.toMatch(/:80\/tcp: /);
+    expect(io.err).toContain("memory: 1.5 GB in total");
+    expect(probed).toEqual(expect.arrayContaining(["0.0.0.0:443/tcp", "0.0.0.0:4172/udp"]));
+    expect(ran).toEqual([`${binary} --version`]);
+    expect(watched.map((f) => existsSync(f))).toEqual(before);
+  }, 30_000);
 });

@@ -1,0 +1,203 @@
+/**
+ * The compiled executable, as shipped: built once with `bun build --compile` exactly as scripts/build.ts builds
+ * dist/pcoip-cmsg (same flags and --define stamps; the x64-baseline variant is skipped, and the output goes to a
+ * temporary folder so dist/ is left alone), then run from a folder outside the repository: --version carries the
+ * stamped version, --help lists the commands, `config check` passes the shipped example and refuses a typo with a
+ * did-you-mean, and `run` on a port-0 config opens every listener and exits 0 on SIGTERM.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { applianceToml } from "../peers/appliance-process.ts";
+
+const REPO = resolve(import.meta.dir, "../..");
+const EXAMPLE = join(REPO, "config/pcoip-cmsg.example.toml");
+const VERSION = (JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string }).version;
+const COMMIT = "e2etest";
+
+const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-binary-"));
+const binary = join(work, "pcoip-cmsg");
+let buildError = "";
+
+/** The environment without anything that would steer the program (config overrides, proxies, systemd). */
+function cleanEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v === undefined || /^PCOIP_CMSG_|^(https?|all|no)_proxy$|^NOTIFY_SOCKET$|^LOG_LEVEL$/i.test(k))
+      continue;
+    env[k] = v;
+  }
+  return env;
+}
+
+async function runBinary(
+  args: string[],
+  timeoutMs = 30_000,
+): Promise<{ code: number; out: string; err: string }> {
+  const proc = Bun.spawn([binary, ...args], {
+    cwd: work,
+    env: cleanEnv(),
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+  try {
+    const [out, err, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    return { code, out, err };
+  } finally {
+    clearTimeout(timer);
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+  }
+}
+
+beforeAll(async () => {
+  // The flags of scripts/build.ts's compile(): default target only.
+  const proc = Bun.spawn(
+    [
+      process.execPath,
+      "build",
+      "--compile",
+      "--minify",
+      "--bytecode",
+      `--define=PCOIP_CMSG_VERSION=${JSON.stringify(VERSION)}`,
+      `--define=PCOIP_CMSG_COMMIT=${JSON.stringify(COMMIT)}`,
+      "src/main.ts",
+      "--outfile",
+      binary,
+    ],
+    { cwd: REPO, env: cleanEnv(), stdin: "ignore", stdout: "pipe", stderr: "pipe" },
+  );
+  const timer = setTimeout(() => proc.kill("SIGKILL"), 110_000);
+  const [out, err, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  clearTimeout(timer);
+  if (code !== 0 || !existsSync(binary)) buildError = `bun build --compile exited ${code}:\n${out}\n${err}`;
+}, 120_000);
+
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+describe("compiled executable", () => {
+  test("is built, executable, and self-contained", () => {
+    expect(buildError).toBe("");
+    expect(statSync(binary).mode & 0o111).not.toBe(0);
+    // The program is embedded in the executable: far bigger than the sources.
+    expect(statSync(binary).size).toBeGreaterThan(10 * 1024 * 1024);
+  });
+
+  test("--version prints the stamped version and commit", async () => {
+    const r = await runBinary(["--version"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^pcoip-cmsg \d+\.\d+\.\d+/);
+    expect(r.out).toStartWith(`pcoip-cmsg ${VERSION} (${COMMIT}) bun `);
+  }, 60_000);
+
+  test("--help lists the commands", async () => {
+    const r = await runBinary(["--help"]);
+    expect(r.code).toBe(0);
+    for (const c of ["run", "install", "configure", "uninstall", "status", "diagnose", "user", "config"])
+      expect(r.out).toMatch(new RegExp(`^ {2}${c} `, "m"));
+    expect(r.out).toContain(`pcoip-cmsg ${VERSION}`);
+  }, 60_000);
+
+  test("config check passes the shipped example", async () => {
+    const r = await runBinary(["config", "check", "--config", EXAMPLE]);
+    if (r.code !== 0) throw new Error(`config check exited ${r.code}: ${r.err}`);
+    expect(r.out).toContain(`config OK: ${EXAMPLE}`);
+  }, 60_000);
+
+  test("config check refuses a typo'd key with a did-you-mean and exits non-zero", async () => {
+    const text = readFileSync(EXAMPLE, "utf8");
+    expect(text).toMatch(/^logLevel = /m);
+    const typo = join(work, "typo.toml");
+    writeFileSync(typo, text.replace(/^logLevel = /m, "logLevl = "));
+    const r = await runBinary(["config", "check", "--config", typo]);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toContain('unknown key "logLevl"');
+    expect(r.err).toContain('did you mean "logLevel"');
+  }, 60_000);
+
+  test("run on a port-0 config opens every listener; SIGTERM → exit 0", async () => {
+    const dir = mkdtempSync(join(work, "run-"));
+    const config = join(dir, "pcoip-cmsg.toml");
+    writeFileSync(config, applianceToml(dir, {}).replace("drainSeconds = 5", "drainSeconds = 1"));
+    const proc: Subprocess<"ignore", "pipe", "pipe"> = Bun.spawn([binary, "run", "--config", config], {
+      cwd: dir,
+      env: cleanEnv(),
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const stderr = new Response(proc.stderr).text();
+    const seen = new Map<string, string>();
+    const lines: string[] = [];
+    const want = ["cm", "redirect", "sg-tcp", "sg-udp", "admin"];
+    try {
+      const reader = (async () => {
+        const dec = new TextDecoder();
+        let buf = "";
+        for await (const chunk of proc.stdout) {
+          buf += dec.decode(chunk, { stream: true });
+          for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            lines.push(line);
+            try {
+              const j = JSON.parse(line) as { listener?: string; address?: string };
+              if (j.listener) seen.set(j.listener, String(j.address));
+            } catch {
+              // Not JSON: kept in `lines` for the failure message.
+            }
+          }
+        }
+      })();
+      const deadline = Date.now() + 30_000;
+      while (want.some((w) => !seen.has(w)) && Date.now() < deadline && proc.exitCode === null)
+        await Bun.sleep(50);
+      if (want.some((w) => !seen.has(w)))
+        throw new Error(
+          `listener lines not seen (have ${[...seen.keys()].join(", ")}; exit ${proc.exitCode}):\n${lines.slice(-10).join("\n")}\n${proc.exitCode !== null ? await stderr : ""}`,
+        );
+      for (const w of want) expect(seen.get(w)).toMatch(/^127\.0\.0\.1:[1-9]\d*$/);
+
+      // The HTTPS front door really listens: a TCP connect succeeds.
+      const [host, port] = seen.get("cm")!.split(":");
+      const connected = await new Promise<boolean>((res) => {
+        Bun.connect({
+          hostname: host!,
+          port: Number(port),
+          socket: {
+            open: (s) => {
+              s.end();
+              res(true);
+            },
+            data: () => {},
+            connectError: () => res(false),
+            error: () => res(false),
+          },
+        }).catch(() => res(false));
+      });
+      expect(connected).toBe(true);
+
+      proc.kill("SIGTERM");
+      const killer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
+      const code = await proc.exited;
+      clearTimeout(killer);
+      await reader;
+      expect(proc.signalCode).toBeNull();
+      expect(code).toBe(0);
+    } finally {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+      await proc.exited;
+    }
+  }, 90_000);
+});
