@@ -70,6 +70,8 @@ interface Conn {
   socket: Socket<Conn>;
   info: ConnInfo;
   phase: Phase;
+  /** TLS handshake done (always true on plain listeners). */
+  secured: boolean;
   buf: Buffer;
   head?: RequestHead;
   bodyParts: Uint8Array[];
@@ -108,8 +110,11 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     c.phase = "closed";
     if (c.timer) clearTimeout(c.timer);
     for (const w of c.drainWaiters.splice(0)) w();
-    // end() (not terminate) so that bytes already queued, such as an error answer, leave before the FIN.
-    c.socket.end();
+    // end() (not terminate) so that bytes already queued, such as an error answer, leave before the FIN. A TLS
+    // connection whose handshake never finished (stalled or half-sent ClientHello) has nothing to flush, and its
+    // end() would wait for the handshake forever: it is cut instead, so the header timeout frees it.
+    if (c.secured) c.socket.end();
+    else c.socket.terminate();
     open.delete(c);
   };
 
@@ -312,6 +317,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
           tls: isTls,
         },
         phase: "head",
+        secured: !isTls,
         buf: Buffer.alloc(0),
         bodyParts: [],
         bodyLength: 0,
@@ -329,6 +335,12 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       open.add(c);
       socket.setNoDelay(true);
       startHeadTimer(c);
+    },
+    handshake(socket: Socket<Conn>, success: boolean) {
+      const c = socket.data;
+      if (!c) return;
+      // A failed handshake (TLS garbage, a scanner) is closed by Bun; mark it so close() does not wait on it.
+      c.secured = success;
     },
     data(socket: Socket<Conn>, chunk: Buffer) {
       const c = socket.data;
