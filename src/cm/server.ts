@@ -155,6 +155,8 @@ export interface CmApp {
   setDraining(on: boolean): void;
   setReady(on: boolean): void;
   readonly draining: boolean;
+  /** Whether the request's cookie names a live session of this app (a reload routes it back here). */
+  holds(req: Request): boolean;
   readonly counters: CmCounters;
   readonly throttle: Throttle;
   readonly sessions: SessionStore;
@@ -736,6 +738,10 @@ export function createCmApp(options: CmAppOptions): CmApp {
     },
     get draining() {
       return draining;
+    },
+    holds(req) {
+      const c = cookieValue(req.headers.get("cookie"));
+      return c !== undefined && store.get(c, clock.now()) !== undefined;
     },
     counters,
     throttle,

@@ -129,11 +129,33 @@ export async function startCmPlane(
     ];
   });
 
+  // A reload builds a new CM app; the previous one keeps answering the conversations it holds (by cookie) until
+  // they end or expire, so a client mid-login when `systemctl reload` lands finishes on the settings it started
+  // with instead of being thrown back to hello. Retired apps with no session left are closed.
+  const retireTimer = setInterval(() => {
+    for (const old of [...retired]) {
+      if (old.app.sessions.size > 0) continue;
+      retired.splice(retired.indexOf(old), 1);
+      old.reach.stop();
+      void old.app.close();
+      void old.broker.close?.();
+    }
+  }, 5_000);
+  retireTimer.unref?.();
+
   const plane: CmPlane = {
-    fetch: (req, info) => current.app.fetch(req, info),
+    fetch(req, info) {
+      if (retired.length > 0 && req.method === "POST") {
+        for (let i = retired.length - 1; i >= 0; i--) {
+          const old = retired[i]!;
+          if (old.app.holds(req)) return old.app.fetch(req, info);
+        }
+      }
+      return current.app.fetch(req, info);
+    },
     setDraining(on) {
       draining = on;
-      current.app.setDraining(on);
+      for (const b of [current, ...retired]) b.app.setDraining(on);
     },
     async readiness() {
       const r = await current.reach.check();
@@ -155,18 +177,12 @@ export async function startCmPlane(
       current = r.built;
       retired.push(old);
       log.info({ broker: current.broker.kind }, current.broker.description);
-      // Pre-sessions live in each app's own store, so a client mid-login when the reload lands continues on the
-      // new app from hello (its cookie is unknown there). The old app is retired after in-flight requests end.
-      setTimeout(() => {
-        const i = retired.indexOf(old);
-        if (i >= 0) retired.splice(i, 1);
-        old.reach.stop();
-        void old.app.close();
-        void old.broker.close?.();
-      }, 5_000).unref?.();
+      // The old app's broker probe stops now (readiness follows the new broker); its sessions finish on it.
+      old.reach.stop();
       return { ok: true };
     },
     async close() {
+      clearInterval(retireTimer);
       for (const b of [current, ...retired]) {
         b.reach.stop();
         await b.app.close();
