@@ -66,22 +66,49 @@ const MAX_TRAILER_BYTES = 16384;
 const CR = 0x0d;
 
 /**
+ * How far a previous parseRequestHead call over the same (grown) buffer looked. Start with `newHeadScan()`, pass
+ * the same object while the buffer only grows, start anew when the buffer is cut.
+ */
+export interface HeadScan {
+  /** Bytes searched for the first LF. */
+  scanned: number;
+  /** The request line's LF, once seen. */
+  firstLf: number;
+  /** The last LF visited looking for the blank line. */
+  lastLf: number;
+}
+
+export function newHeadScan(): HeadScan {
+  return { scanned: 0, firstLf: -1, lastLf: -1 };
+}
+
+/**
  * Looks for a complete request head at the start of `buf` (leading empty lines are skipped, as RFC 9112 §2.2
  * allows). Returns `need` until the blank line arrives, refusing as soon as a limit is crossed so that a
  * client cannot make us buffer more than the limits allow.
  */
-export function parseRequestHead(buf: Uint8Array, limits: Http1Limits): HeadResult {
+export function parseRequestHead(buf: Uint8Array, limits: Http1Limits, scan?: HeadScan): HeadResult {
   let start = 0;
   while (start < buf.length && (buf[start] === CR || buf[start] === LF)) start++;
-  const firstLf = buf.indexOf(LF, start);
+  // Empty lines before a request are allowed, not without end: they would be buffered until the header timeout.
+  if (start > limits.maxRequestLineBytes) return refuse(400, "too many empty lines before the request");
+  // A head arriving in pieces is parsed again on every read; `scan` remembers where the previous call over the
+  // same (grown) buffer stopped, so each byte is searched once in all: linear, not quadratic, in the head's length.
+  const firstLf =
+    scan && scan.firstLf >= 0 ? scan.firstLf : buf.indexOf(LF, Math.max(start, scan?.scanned ?? 0));
   if (firstLf < 0) {
+    if (scan) scan.scanned = buf.length;
     if (buf.length - start > limits.maxRequestLineBytes) return refuse(414, "request line too long");
     return { kind: "need" };
   }
+  if (scan) scan.firstLf = firstLf;
   const lineLength = firstLf - start - (buf[firstLf - 1] === CR ? 1 : 0);
   if (lineLength > limits.maxRequestLineBytes) return refuse(414, "request line too long");
-  const end = findHeadEnd(buf, firstLf);
+  // The blank line can only start at an LF not yet known to be followed by a header line: the last one seen.
+  const found = findHeadEnd(buf, scan && scan.lastLf > firstLf ? scan.lastLf : firstLf);
+  const end = found.end;
   if (end < 0) {
+    if (scan) scan.lastLf = found.lastLf;
     if (buf.length - firstLf > limits.maxHeaderBytes) return refuse(431, "request headers too large");
     return { kind: "need" };
   }
@@ -123,12 +150,15 @@ export function parseRequestHead(buf: Uint8Array, limits: Http1Limits): HeadResu
 }
 
 /** Index of the LF that ends the blank line closing the head, or -1. `from` is the first LF. */
-function findHeadEnd(buf: Uint8Array, from: number): number {
+/** From the LF at `from`: the index of the LF ending the blank line, or -1 with the last LF visited. */
+function findHeadEnd(buf: Uint8Array, from: number): { end: number; lastLf: number } {
+  let lastLf = from;
   for (let i = from; i >= 0 && i < buf.length; i = buf.indexOf(LF, i + 1)) {
-    if (buf[i + 1] === LF) return i + 1;
-    if (buf[i + 1] === CR && buf[i + 2] === LF) return i + 2;
+    lastLf = i;
+    if (buf[i + 1] === LF) return { end: i + 1, lastLf };
+    if (buf[i + 1] === CR && buf[i + 2] === LF) return { end: i + 2, lastLf };
   }
-  return -1;
+  return { end: -1, lastLf };
 }
 
 function bodyFraming(

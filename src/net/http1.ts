@@ -11,8 +11,10 @@ import type { Socket, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import {
   ChunkedDecoder,
   DEFAULT_LIMITS,
+  type HeadScan,
   type Http1Limits,
   type HttpRefusal,
+  newHeadScan,
   parseRequestHead,
   type RequestHead,
 } from "./http1-parse.ts";
@@ -72,6 +74,10 @@ interface Conn {
   phase: Phase;
   /** TLS handshake done (always true on plain listeners). */
   secured: boolean;
+  /** How far the head parser got in `buf` (reset whenever `buf` is cut). */
+  scan: HeadScan;
+  /** Backing store `buf` grows in (doubling), so a head arriving in small reads is not copied over and over. */
+  store: Buffer | undefined;
   buf: Buffer;
   head?: RequestHead;
   bodyParts: Uint8Array[];
@@ -98,6 +104,28 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     const now = Date.now();
     if (now - dateCache.at >= 1000) dateCache = { at: now, text: new Date(now).toUTCString() };
     return dateCache.text;
+  };
+
+  /** Adds a read to `c.buf`: in place when the store has room after it, else into a store twice the size. */
+  const append = (c: Conn, chunk: Buffer): void => {
+    if (c.buf.length === 0) {
+      c.buf = chunk;
+      c.scan = newHeadScan();
+      return;
+    }
+    const st = c.store;
+    const bufEnd = c.buf.byteOffset + c.buf.length;
+    if (st && c.buf.buffer === st.buffer && bufEnd + chunk.length <= st.byteOffset + st.length) {
+      st.set(chunk, bufEnd - st.byteOffset);
+      c.buf = Buffer.from(st.buffer, c.buf.byteOffset, c.buf.length + chunk.length);
+      return;
+    }
+    const total = c.buf.length + chunk.length;
+    const next = Buffer.allocUnsafe(Math.max(4096, total * 2));
+    next.set(c.buf, 0);
+    next.set(chunk, c.buf.length);
+    c.store = next;
+    c.buf = next.subarray(0, total);
   };
 
   const arm = (c: Conn, ms: number, onFire: () => void): void => {
@@ -169,7 +197,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     while (c.phase === "head" || c.phase === "body") {
       if (c.phase === "head") {
         if (c.buf.length === 0) return;
-        const r = parseRequestHead(c.buf, limits);
+        const r = parseRequestHead(c.buf, limits, c.scan);
         if (r.kind === "need") return;
         if (r.kind === "refused") {
           refuseAndClose(c, r.refusal);
@@ -177,6 +205,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         }
         c.head = r.head;
         c.buf = c.buf.subarray(r.consumed);
+        c.scan = newHeadScan();
         c.bodyParts = [];
         c.bodyLength = 0;
         c.chunked = r.head.body.kind === "chunked" ? new ChunkedDecoder(limits.maxBodyBytes) : undefined;
@@ -200,6 +229,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
             return;
           }
           c.buf = c.buf.subarray(used);
+          c.scan = newHeadScan();
           if (!c.chunked.done) return;
           c.bodyParts = [c.chunked.body()];
         } else if (head.body.kind === "length") {
@@ -209,6 +239,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
             c.bodyParts.push(c.buf.subarray(0, take));
             c.bodyLength += take;
             c.buf = c.buf.subarray(take);
+            c.scan = newHeadScan();
           }
           if (c.bodyLength < head.body.length) return;
         }
@@ -318,6 +349,8 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         },
         phase: "head",
         secured: !isTls,
+        scan: newHeadScan(),
+        store: undefined,
         buf: Buffer.alloc(0),
         bodyParts: [],
         bodyLength: 0,
@@ -346,7 +379,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       const c = socket.data;
       if (!c || c.phase === "closed") return;
       if (c.phase === "head" && c.buf.length === 0 && c.served > 0) startHeadTimer(c);
-      c.buf = c.buf.length === 0 ? chunk : Buffer.concat([c.buf, chunk]);
+      append(c, chunk);
       // While a request is being handled, bytes of the next (pipelined) one wait here, within the limits.
       if (
         c.phase === "handling" &&

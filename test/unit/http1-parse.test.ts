@@ -1,7 +1,7 @@
 // Claim: the request-head parser and chunked decoder accept CRLF and bare LF, survive any split of the bytes,
 // and refuse each limit exactly one byte past it.
 import { describe, expect, test } from "bun:test";
-import { ChunkedDecoder, DEFAULT_LIMITS, parseRequestHead } from "../../src/net/http1-parse.ts";
+import { ChunkedDecoder, DEFAULT_LIMITS, newHeadScan, parseRequestHead } from "../../src/net/http1-parse.ts";
 
 const enc = (s: string) => Buffer.from(s, "latin1");
 const limits = {
@@ -136,5 +136,37 @@ describe("ChunkedDecoder", () => {
     expect(new ChunkedDecoder(100).push(enc("zz\r\n"))).toMatchObject({ status: 400 });
     expect(new ChunkedDecoder(100).push(enc("2\r\nabc\r\n"))).toMatchObject({ status: 400 });
     expect(new ChunkedDecoder(100).push(enc(`${"1".repeat(2000)}`))).toMatchObject({ status: 400 });
+  });
+});
+
+describe("parseRequestHead with a HeadScan (a head arriving in pieces)", () => {
+  const heads = [
+    "GET /pcoip-broker/xml HTTP/1.1\r\nHost: a\r\n\r\n",
+    "\r\n\r\nPOST /pcoip-broker/xml HTTP/1.1\r\nContent-Length: 3\r\nX: y\r\n\r\nabc",
+    "GET / HTTP/1.1\nHost: a\n\n",
+    "GET / HTTP/1.1\r\nA: b\r\n\r\r\n",
+    "GET / HTTP/1.1\r\nA: b\n\r\nrest",
+    "GET /\r\n\r\n",
+    `GET / HTTP/1.1\r\n${"X-A: b\r\n".repeat(3000)}\r\n`,
+  ];
+  test.each(heads.map((h) => [JSON.stringify(h).slice(0, 40), h] as const))(
+    "fed 1, 2, 3 and 7 bytes at a time it answers exactly as on the whole buffer: %s",
+    (_name, text) => {
+      const bytes = Buffer.from(text, "latin1");
+      const whole = parseRequestHead(bytes, DEFAULT_LIMITS);
+      for (const piece of [1, 2, 3, 7]) {
+        const scan = newHeadScan();
+        let r = parseRequestHead(bytes.subarray(0, 0), DEFAULT_LIMITS, scan);
+        for (let at = piece; r.kind === "need" && at < bytes.length + piece; at += piece) {
+          r = parseRequestHead(bytes.subarray(0, Math.min(at, bytes.length)), DEFAULT_LIMITS, scan);
+        }
+        expect(JSON.stringify(r)).toBe(JSON.stringify(whole));
+      }
+    },
+  );
+
+  test("endless empty lines before a request are refused, not buffered until the header timeout", () => {
+    const r = parseRequestHead(Buffer.from("\r\n".repeat(5000)), DEFAULT_LIMITS);
+    expect(r.kind).toBe("refused");
   });
 });
