@@ -57,20 +57,42 @@ const invalid = (reason: ClientHelloInvalid): ClientHelloResult => ({ kind: "inv
 const need = (n: number): ClientHelloResult => ({ kind: "need", need: n });
 
 /**
+ * Where the record walk of earlier calls over the same (grown) buffer stopped: the records it completed are not
+ * walked again, so a hello sent as many tiny records costs linear, not quadratic, time. One per connection.
+ */
+export interface HelloWalk {
+  off: number;
+  payload: number;
+  msgTotal: number;
+  spans: number[];
+  spansLen: number;
+}
+
+export function newHelloWalk(): HelloWalk {
+  return { off: 0, payload: 0, msgTotal: -1, spans: [], spansLen: 0 };
+}
+
+/**
  * Parses the start of a TLS connection.
  * @param buf everything received so far, from the first byte
  * @param maxBytes the peek limit (`MAX_CLIENT_HELLO_BYTES` unless a test narrows it)
+ * @param walk the connection's walk state when `buf` is parsed again as it grows (same bytes at the same offsets)
  * @example parseClientHello(bytes) // → { kind: "hello", sni: "agent-7.corp.example" }
  */
-export function parseClientHello(buf: Uint8Array, maxBytes = MAX_CLIENT_HELLO_BYTES): ClientHelloResult {
+export function parseClientHello(
+  buf: Uint8Array,
+  maxBytes = MAX_CLIENT_HELLO_BYTES,
+  walk?: HelloWalk,
+): ClientHelloResult {
   if (buf.length === 0) return need(RECORD_HEADER);
   if (buf[0] !== CONTENT_HANDSHAKE) return classifyFirstByte(buf);
 
   // Handshake bytes are gathered across records: spans[i] = [start, end) of payload present in buf.
-  const spans: number[] = [];
-  let payload = 0; // handshake bytes present so far
-  let msgTotal = -1; // 4 + ClientHello length, once its header is known
-  let off = 0;
+  const spans: number[] = walk ? walk.spans : [];
+  if (walk) spans.length = walk.spansLen; // the last call's incomplete record is walked again
+  let payload = walk?.payload ?? 0; // handshake bytes present so far (in complete records, when resuming)
+  let msgTotal = walk?.msgTotal ?? -1; // 4 + ClientHello length, once its header is known
+  let off = walk?.off ?? 0;
   for (;;) {
     if (off + RECORD_HEADER > maxBytes) return invalid("too_large");
     if (buf.length < off + RECORD_HEADER) return need(off + RECORD_HEADER - buf.length);
@@ -98,6 +120,12 @@ export function parseClientHello(buf: Uint8Array, maxBytes = MAX_CLIENT_HELLO_BY
     if (recEnd > maxBytes) return invalid("too_large");
     if (buf.length < recEnd) return need(recEnd - buf.length);
     off = recEnd;
+    if (walk) {
+      walk.off = off;
+      walk.payload = payload;
+      walk.msgTotal = msgTotal;
+      walk.spansLen = spans.length;
+    }
   }
 }
 

@@ -15,7 +15,7 @@ import { canonicalIp } from "../net/client-address.ts";
 import { type Logger, sessionLogger } from "../observability/log.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
 import type { Admission, AdmissionEvent, Admissions } from "./admissions.ts";
-import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.ts";
+import { type HelloWalk, MAX_CLIENT_HELLO_BYTES, newHelloWalk, parseClientHello } from "./client-hello.ts";
 import { createRelayLimits, type RelayLimits } from "./limits.ts";
 
 export interface ListenAddress {
@@ -109,6 +109,8 @@ interface Conn {
   helloLen: number;
   /** Parse again once helloLen reaches this. */
   helloWant: number;
+  /** The ClientHello record walk so far (records already checked are not walked again). */
+  helloWalk: HelloWalk;
   timer: ReturnType<typeof setTimeout> | undefined;
   session: Admission | undefined;
   log: Logger | undefined;
@@ -189,7 +191,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
   function onHelloBytes(conn: Conn, chunk: Uint8Array): void {
     append(conn, chunk);
     if (conn.phase !== "hello" || conn.helloLen < conn.helloWant) return;
-    const r = parseClientHello(conn.hello.subarray(0, conn.helloLen), maxHelloBytes);
+    const r = parseClientHello(conn.hello.subarray(0, conn.helloLen), maxHelloBytes, conn.helloWalk);
     if (r.kind === "need") {
       conn.helloWant = conn.helloLen + r.need;
       return;
@@ -436,6 +438,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
         hello: NO_BYTES,
         helloLen: 0,
         helloWant: 1,
+        helloWalk: newHelloWalk(),
         timer: undefined,
         session: undefined,
         log: undefined,

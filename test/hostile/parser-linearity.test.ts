@@ -17,7 +17,7 @@ import {
   parseLaunchSession,
   parseLaunchSessionResp,
 } from "../../src/protocol/agent.ts";
-import { parseClientHello } from "../../src/sg/client-hello.ts";
+import { newHelloWalk, parseClientHello } from "../../src/sg/client-hello.ts";
 
 const SMALL = 4 * 1024;
 const LARGE = 64 * 1024;
@@ -357,11 +357,13 @@ const PAD0 = [0, 21, 0, 0];
 const PEEK = 1 << 20;
 
 /** How tcp-relay.ts feeds the parser: parse again only once the `need` it asked for has arrived. */
+/** How tcp-relay.ts feeds the reader: again each time `need` is met, with the connection's HelloWalk. */
 function feedHello(bytes: Uint8Array, piece: number): string {
   let want = 1;
+  const walk = newHelloWalk();
   for (let len = Math.min(piece, bytes.length); ; len = Math.min(len + piece, bytes.length)) {
     if (len >= want) {
-      const r = parseClientHello(bytes.subarray(0, len), PEEK);
+      const r = parseClientHello(bytes.subarray(0, len), PEEK, walk);
       if (r.kind !== "need") return r.kind === "hello" ? `hello:${r.sni}` : `invalid:${r.invalid}`;
       want = len + r.need;
     }
@@ -389,19 +391,14 @@ describe("SG ClientHello reader", () => {
     expectLinear(make, (b) => feedHello(b, 1024));
   });
 
-  // BUG (issue 10, reported): src/sg/client-hello.ts parseClientHello restarts from the first record on every
-  // call, and tcp-relay.ts onHelloBytes calls it again each time a record header or record completes (`need`
-  // covers only the current record). A hello sent as many small records therefore costs O(records²): 64 KiB in
-  // 64-byte records costs ~200× 4 KiB. Bounded today by the 16 KiB peek limit (≤ 780 records of ≥ 16 bytes:
-  // a few ms per connection), but not linear. Fix: keep the record walk's position (spans, payload) between calls.
-  test.todo("64-byte records fed as they arrive: 64 KiB ≤ 32× 4 KiB", () => {
+  // The relay keeps the record walk between calls (HelloWalk), so many small records cost linear time.
+  test("64-byte records fed as they arrive: 64 KiB ≤ 32× 4 KiB", () => {
     const make = (b: number) => helloOfSize(b, PAD1, 64);
     expectLinear(make, (b) => feedHello(b, 69), 3);
   });
 
-  // BUG (same as above): one-byte records, the worst split a 16 KiB peek can hold (~2,700 records), cost ~55 ms
-  // of CPU per connection on this machine — about 18 such connections a second fill a core, for 300 KB/s.
-  test.todo("within the 16 KiB peek limit the worst record split costs under 10 ms per connection", () => {
+  // One-byte records, the worst split a 16 KiB peek can hold (~2,700 records).
+  test("within the 16 KiB peek limit the worst record split costs under 10 ms per connection", () => {
     expect(worstSplitMs()).toBeLessThan(10);
   });
 
