@@ -109,6 +109,18 @@ export interface Admissions {
   matchTcp(clientIp: string, sni: string | undefined): TcpMatch;
   /** Active sessions of a client IP, most recently activated first: the candidates for a new UDP flow. */
   matchUdp(clientIp: string): readonly Admission[];
+  /**
+   * The session a new UDP flow binds to: of the client IP's active sessions for which `usable(sessionLogId)`
+   * is true, the most recently activated (what the first usable entry of `matchUdp` would be). `undefined`
+   * when none is usable; `activeSeen` tells whether the IP had any active session at all.
+   * One pass, no copies and no sort: the relay calls it for every datagram from an unknown port, and behind
+   * one NAT an IP can hold thousands of sessions (bench/sg-sessions.ts, BENCH_SESSIONS_ONE_IP=1: copying and
+   * sorting 6,500 records per new flow stalled the SG for seconds while the flows bound).
+   */
+  pickUdp(
+    clientIp: string,
+    usable: (sessionLogId: string) => boolean,
+  ): { chosen: Admission | undefined; activeSeen: boolean };
   /** A control connection was bound to this session (pending/ended → active). */
   attachTcp(sessionLogId: string): void;
   /** A control connection of this session closed; the last one starts the reconnect grace. */
@@ -297,6 +309,25 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
       const out: Admission[] = [];
       for (const r of set) if (r.state === "active") out.push(snapshot(r));
       return out.sort((a, b) => (b.activatedAt ?? 0) - (a.activatedAt ?? 0));
+    },
+
+    pickUdp(rawIp, usable) {
+      const set = byIp.get(canonicalIp(rawIp));
+      let best: Rec | undefined;
+      let activeSeen = false;
+      if (set) {
+        for (const r of set) {
+          if (r.state !== "active") continue;
+          activeSeen = true;
+          // Strictly greater: among equal activation times the earlier record wins, as matchUdp's stable sort.
+          if (
+            (best === undefined || (r.activatedAt ?? 0) > (best.activatedAt ?? 0)) &&
+            usable(r.sessionLogId)
+          )
+            best = r;
+        }
+      }
+      return { chosen: best ? snapshot(best) : undefined, activeSeen };
     },
 
     attachTcp(id) {

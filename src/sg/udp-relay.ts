@@ -263,19 +263,16 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   function newFlow(listener: ListenerSocket, buf: Buffer, port: number, addr: string): void {
     clock = now();
     const clientIp = canonicalIp(addr);
-    const candidates = admissions.matchUdp(clientIp);
-    if (candidates.length === 0) {
+    // One pass over the IP's sessions (admissions.pickUdp), not a sorted copy of them: this path runs for every
+    // datagram from an unknown port, and one NAT can hold thousands of sessions.
+    const { chosen, activeSeen } = admissions.pickUdp(clientIp, (id) => {
+      const f = sessions.get(id)?.flow;
+      return f === undefined || clock - f.lastUpAt >= rebindMs;
+    });
+    if (!activeSeen) {
       counters.drops[awaitingUdp > 0 ? "client_ip_mismatch" : "no_session"]++;
       noteUnknown(addr);
       return;
-    }
-    let chosen: Admission | undefined;
-    for (const c of candidates) {
-      const f = sessions.get(c.sessionLogId)?.flow;
-      if (f === undefined || clock - f.lastUpAt >= rebindMs) {
-        chosen = c;
-        break;
-      }
     }
     if (!chosen) {
       counters.drops.flow_limit++;

@@ -241,4 +241,25 @@ describe("records and events", () => {
     expect(admissions.matchUdp("::ffff:198.51.100.7").length).toBe(2);
     expect(admissions.matchUdp("198.51.100.8")).toEqual([]);
   });
+
+  test("pickUdp: the most recently activated usable session, as the first usable of matchUdp", () => {
+    const { admissions, clock } = setup();
+    const a = must(admissions.admit(req()));
+    const b = must(admissions.admit(req()));
+    must(admissions.admit(req())); // pending: never picked
+    admissions.attachTcp(a.sessionLogId);
+    clock.t += 5;
+    admissions.attachTcp(b.sessionLogId);
+    const all = () => true;
+    expect(admissions.pickUdp("198.51.100.7", all).chosen?.sessionLogId).toBe(b.sessionLogId);
+    const notB = (id: string) => id !== b.sessionLogId;
+    expect(admissions.pickUdp("::ffff:198.51.100.7", notB).chosen?.sessionLogId).toBe(a.sessionLogId);
+    const none = admissions.pickUdp("198.51.100.7", () => false);
+    expect(none).toEqual({ chosen: undefined, activeSeen: true });
+    expect(admissions.pickUdp("198.51.100.8", all)).toEqual({ chosen: undefined, activeSeen: false });
+    for (const usable of [all, notB]) {
+      const first = admissions.matchUdp("198.51.100.7").find((x) => usable(x.sessionLogId));
+      expect(admissions.pickUdp("198.51.100.7", usable).chosen?.sessionLogId).toBe(first?.sessionLogId);
+    }
+  });
 });
