@@ -1,0 +1,138 @@
+/**
+ * The assembled appliance as the CM benchmarks run it: `pcoip-cmsg run --config FILE` (the compiled
+ * dist/pcoip-cmsg when asked, else `bun src/main.ts run`), from a generated TOML in a bench work folder, started
+ * through the bench's ProcessSet. Listeners are on 127.0.0.1 with port 0 except admin (a free port chosen here,
+ * so start-up can be timed by polling /readyz); the real ports come from the start-up listener log lines.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
+import { freePort } from "./net.ts";
+import type { Child, ProcessSet } from "./processes.ts";
+import { workDir } from "./tools.ts";
+
+const MAIN = resolve(import.meta.dir, "../../src/main.ts");
+export const BINARY = resolve(import.meta.dir, "../../dist/pcoip-cmsg");
+
+export interface ApplianceOptions {
+  /** Names the work folder and the process. */
+  readonly name: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** Trust anchor for the broker's certificate (brokerCertCheck stays on, as installed). */
+  readonly caCertFile: string;
+  /** "" = the built-in broker (one local user, no desktops); else the upstream broker's https URL. */
+  readonly brokerUrl?: string;
+  /** Run dist/pcoip-cmsg instead of `bun src/main.ts`. */
+  readonly binary?: boolean;
+  /** Extra keys of the [cm] and [sg] tables (numbers and strings, written as TOML values). */
+  readonly cm?: Readonly<Record<string, number | string>>;
+  readonly sg?: Readonly<Record<string, number | string>>;
+  /** Default "info", as installed (the listener lines that give the ports are info). */
+  readonly logLevel?: "info" | "debug";
+  /** argv prefix, e.g. ["prlimit", "--nofile=40000:40000", "--"] to raise the descriptor limit. */
+  readonly wrap?: readonly string[];
+}
+
+export interface ApplianceRun {
+  readonly child: Child;
+  readonly pid: number;
+  readonly cmPort: number;
+  readonly sgTcpPort: number;
+  readonly adminPort: number;
+  readonly configFile: string;
+}
+
+const tomlValue = (v: number | string) => (typeof v === "number" ? String(v) : JSON.stringify(v));
+const table = (name: string, keys: Readonly<Record<string, number | string>>) =>
+  [`[${name}]`, ...Object.entries(keys).map(([k, v]) => `${k} = ${tomlValue(v)}`)].join("\n");
+
+/** Writes the config (and a one-user users file) into the run's work folder; returns the config path. */
+export async function writeApplianceConfig(o: ApplianceOptions, adminPort: number): Promise<string> {
+  const dir = workDir(`appliance-${o.name}`);
+  const usersFile = join(dir, "users");
+  await writeUsersFile(usersFile, [{ name: "bench", hash: await hashPassword("bench") }]);
+  const toml = [
+    `logLevel = "${o.logLevel ?? "info"}"`,
+    'externalPcoipIp = ["127.0.0.1"]',
+    'hostAddress = ["localhost"]',
+    'domains = ["bench.test"]',
+    `brokerUrl = ${JSON.stringify(o.brokerUrl ?? "")}`,
+    `usersFile = ${JSON.stringify(usersFile)}`,
+    `dataDir = ${JSON.stringify(join(dir, "data"))}`,
+    "drainSeconds = 1",
+    "",
+    table("tls", { cert: o.certFile, key: o.keyFile, caCert: o.caCertFile }),
+    "",
+    table("cm", { listen: "__CM__", redirectListen: "__REDIRECT__", ...o.cm }),
+    "",
+    table("sg", { tcpListen: "__SGT__", udpListen: "__SGU__", ...o.sg }),
+    "",
+    table("admin", { listen: `127.0.0.1:${adminPort}` }),
+    "",
+  ]
+    .join("\n")
+    // Listener lists are TOML arrays; table() writes scalars only.
+    .replace('"__CM__"', '["127.0.0.1:0"]')
+    .replace('"__REDIRECT__"', "[]")
+    .replace('"__SGT__"', '["127.0.0.1:0"]')
+    .replace('"__SGU__"', '["127.0.0.1:0"]');
+  const file = join(dir, "pcoip-cmsg.toml");
+  writeFileSync(file, toml);
+  return file;
+}
+
+/** The argv that runs the appliance with `configFile`. */
+export function applianceArgv(
+  o: Pick<ApplianceOptions, "binary" | "wrap" | "name">,
+  configFile: string,
+): string[] {
+  // BENCH_CM_PROFILE=1: a CPU profile of the appliance (bun --cpu-prof, written when it exits) in bench/.work/prof.
+  const prof =
+    process.env.BENCH_CM_PROFILE === "1"
+      ? [
+          "--cpu-prof",
+          "--cpu-prof-md",
+          `--cpu-prof-dir=${workDir("prof")}`,
+          `--cpu-prof-name=${o.name}.cpuprofile`,
+        ]
+      : [];
+  const run = o.binary ? [BINARY] : [process.execPath, ...prof, MAIN];
+  return [...(o.wrap ?? []), ...run, "run", "--config", configFile];
+}
+
+/** Environment without inherited PCOIP_CMSG_* overrides or proxies: the appliance sees only the bench's config. */
+export function cleanEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v === undefined || /^PCOIP_CMSG_|^(https?|all|no)_proxy$|^NOTIFY_SOCKET$|^LOG_LEVEL$/i.test(k))
+      continue;
+    env[k] = v;
+  }
+  return env;
+}
+
+/** Starts the appliance and resolves once every listener is bound (the admin listener line comes last). */
+export async function startApplianceRun(procs: ProcessSet, o: ApplianceOptions): Promise<ApplianceRun> {
+  const adminPort = await freePort("tcp");
+  const configFile = await writeApplianceConfig(o, adminPort);
+  // The listener lines are logged at info: a run at "warn" never reports its ports.
+  const child = procs.spawn(`appliance (${o.name})`, applianceArgv(o, configFile), { env: cleanEnv() });
+  const port = async (listener: string) => {
+    const line = await child.waitForLine((l) => l.includes(`"listener":"${listener}"`), 30_000);
+    const address = String((JSON.parse(line) as { address: string }).address);
+    return Number(address.slice(address.lastIndexOf(":") + 1));
+  };
+  const [cmPort, sgTcpPort] = await Promise.all([port("cm"), port("sg-tcp"), port("admin")]);
+  return { child, pid: child.pid, cmPort, sgTcpPort, adminPort, configFile };
+}
+
+/** Resident set size of a process in bytes (VmRSS), 0 when it is gone. */
+export function rssBytes(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
