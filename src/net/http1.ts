@@ -49,6 +49,12 @@ export interface Http1ServerOptions {
   readonly limits?: Partial<Http1Limits>;
   /** Connections beyond this are closed at once (descriptor exhaustion guard). */
   readonly maxConnections?: number;
+  /**
+   * The process's descriptor budget (sg/limits.ts), shared with the SG relays: each connection takes one, and
+   * one that does not fit is closed at once. Kept under RLIMIT_NOFILE, accept() never meets EMFILE — where Bun's
+   * accept loop would spin on a listener that stays readable.
+   */
+  readonly descriptors?: { tryTake(fds: number): boolean; give(fds: number): void };
   onError?(err: unknown, info: ConnInfo): void;
 }
 
@@ -74,6 +80,8 @@ interface Conn {
   phase: Phase;
   /** TLS handshake done (always true on plain listeners). */
   secured: boolean;
+  /** Holds one descriptor of `descriptors` (given back once, when it leaves `open`). */
+  holdsFd: boolean;
   /** How far the head parser got in `buf` (reset whenever `buf` is cut). */
   scan: HeadScan;
   /** Backing store `buf` grows in (doubling), so a head arriving in small reads is not copied over and over. */
@@ -96,6 +104,12 @@ const OUT_HIGH_WATER = 256 * 1024;
 export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
   const limits: Http1Limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const maxConnections = opts.maxConnections ?? Number.POSITIVE_INFINITY;
+  const descriptors = opts.descriptors;
+  const giveFd = (c: Conn): void => {
+    if (!c.holdsFd) return;
+    c.holdsFd = false;
+    descriptors?.give(1);
+  };
   const open = new Set<Conn>();
   const isTls = opts.tls !== undefined;
   let dateCache = { at: 0, text: "" };
@@ -143,7 +157,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     // end() would wait for the handshake forever: it is cut instead, so the header timeout frees it.
     if (c.secured) c.socket.end();
     else c.socket.terminate();
-    open.delete(c);
+    if (open.delete(c)) giveFd(c);
   };
 
   const write = (c: Conn, data: Buffer): void => {
@@ -349,6 +363,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         },
         phase: "head",
         secured: !isTls,
+        holdsFd: false,
         scan: newHeadScan(),
         store: undefined,
         buf: Buffer.alloc(0),
@@ -360,11 +375,12 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         served: 0,
       };
       socket.data = c;
-      if (open.size >= maxConnections) {
+      if (open.size >= maxConnections || (descriptors && !descriptors.tryTake(1))) {
         c.phase = "closed";
         socket.terminate();
         return;
       }
+      c.holdsFd = descriptors !== undefined;
       open.add(c);
       socket.setNoDelay(true);
       startHeadTimer(c);
@@ -400,7 +416,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       if (c.timer) clearTimeout(c.timer);
       c.phase = "closed";
       for (const w of c.drainWaiters.splice(0)) w();
-      open.delete(c);
+      if (open.delete(c)) giveFd(c);
     },
     error(socket: Socket<Conn>, err: Error) {
       const c = socket.data;

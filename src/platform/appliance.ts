@@ -102,6 +102,9 @@ export async function startAppliance(
   let pair = tls.pair;
 
   const metrics = createMetricsRegistry();
+  // One descriptor budget for the whole process: SG relays and CM client connections draw on it, so neither can
+  // push the process into EMFILE (sockets refused cleanly instead of an accept loop spinning).
+  const limits = createRelayLimits({ log });
   const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
   stops.push(() => journal.stop());
   let draining = false;
@@ -126,7 +129,6 @@ export async function startAppliance(
       journal.sgEnded(e.admission.sessionLogId, e.reason),
     );
     stops.push(unsubscribeJournal);
-    const limits = createRelayLimits({ log });
     const tcpListen = listenAddresses(effectiveListeners(config.sg.tcpListen, config.enableIpv6));
     const t = await startTcpRelay({
       listen: tcpListen,
@@ -200,6 +202,7 @@ export async function startAppliance(
         fetch: (req, info) => cm.fetch(req, info),
         limits: frontDoorLimits(current),
         maxConnections: current.cm.maxConnections,
+        descriptors: limits,
         onError: (err) => log.error({ err: String(err) }, "front door: request handler failed"),
       });
       cmServers.set(entry, s);
@@ -214,7 +217,14 @@ export async function startAppliance(
     try {
       redirectServers.set(
         entry,
-        startHttp1Server({ hostname: a.hostname, port: a.port, fetch: (req) => app.fetch(req) }),
+        startHttp1Server({
+          hostname: a.hostname,
+          port: a.port,
+          fetch: (req) => app.fetch(req),
+          limits: frontDoorLimits(current),
+          maxConnections: current.cm.maxConnections,
+          descriptors: limits,
+        }),
       );
       return undefined;
     } catch (e) {

@@ -36,6 +36,8 @@ export interface ApplianceProcessOptions {
   readonly dir?: string;
   /** Milliseconds to wait for the listener lines (default 20 s). */
   readonly startTimeoutMs?: number;
+  /** A command the process runs under, e.g. ["prlimit", "--nofile=600:600", "--"] (it must exec, keeping the pid). */
+  readonly wrap?: readonly string[];
   /** Wait for the listener lines (default true; false for start-up failure tests). */
   readonly waitReady?: boolean;
 }
@@ -138,7 +140,7 @@ export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Pr
     env[k] = v;
   }
   Object.assign(env, o.env ?? {});
-  const proc = Bun.spawn([process.execPath, MAIN, "run", "--config", configFile], {
+  const proc = Bun.spawn([...(o.wrap ?? []), process.execPath, MAIN, "run", "--config", configFile], {
     cwd: dir,
     env,
     stdin: "ignore",
