@@ -167,7 +167,7 @@ export async function connectBroker(opts: ConnectBrokerOptions): Promise<Connect
     const onError = (e: Error & { code?: string }) => finish(socketError(e, endpoint, via));
     socket.on("error", onError);
     socket.once("secureConnect", () => {
-      const judged = judgeCertificate(socket, endpoint, trust, via, opts.onWarning);
+      const judged = judgeCertificateOnce(socket, endpoint, trust, via, opts.onWarning);
       if (judged) finish({ ok: false, failure: judged });
       else {
         // Errors after this point belong to the HTTP exchange; keep one listener so none goes unhandled.
@@ -252,6 +252,36 @@ function socketError(
       });
     }
   }
+}
+
+/**
+ * Certificates already judged acceptable, by host, trust setting, path and leaf fingerprint. Every client
+ * conversation opens its own broker connection, and the full judgement (detailed chain, X.509 parse, a signature
+ * check) was an eighth of the CM's CPU per login; the same leaf on a verified connection needs it once. The
+ * handshake's own verification still runs on every connection: only our extra rules are remembered.
+ */
+const acceptedCertificates = new Set<string>();
+const MAX_ACCEPTED_CERTIFICATES = 64;
+
+function judgeCertificateOnce(
+  socket: TLSSocket,
+  endpoint: BrokerEndpoint,
+  trust: BrokerTrust,
+  via: string | undefined,
+  onWarning: ConnectBrokerOptions["onWarning"],
+): Omit<BrokerFailure, "what"> | undefined {
+  const fingerprint = socket.getPeerCertificate(false)?.fingerprint256;
+  const key =
+    fingerprint && (socket.authorized || !trust.check)
+      ? `${endpoint.host}|${trust.check}|${via ?? ""}|${fingerprint}`
+      : undefined;
+  if (key && acceptedCertificates.has(key)) return undefined;
+  const judged = judgeCertificate(socket, endpoint, trust, via, onWarning);
+  if (!judged && key) {
+    if (acceptedCertificates.size >= MAX_ACCEPTED_CERTIFICATES) acceptedCertificates.clear();
+    acceptedCertificates.add(key);
+  }
+  return judged;
 }
 
 /** A reason to refuse the broker's certificate, or undefined when it is acceptable. */
