@@ -22,6 +22,7 @@ import {
   until,
 } from "../peers/appliance-session.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -62,7 +63,8 @@ async function start(env: Record<string, string> = {}): Promise<{ app: Appliance
 
 describe("a scripted session through the appliance process", () => {
   test("metrics move by exactly what the session did; CM and SG lines share one session id", async () => {
-    const { app, agent } = await start();
+    // The default udpSourcePorts (55000–59999): the agent must see the session's UDP from that range.
+    const { app, agent } = await start({ PCOIP_CMSG_SG_UDPSOURCEPORTS: "55000-59999" });
     const before = await scrape(app);
 
     // A failed login on its own pre-session (one failure: no throttle delay).
@@ -116,6 +118,10 @@ describe("a scripted session through the appliance process", () => {
     for (let i = 1; i < 10; i++) udp.send(`${"u".repeat(92)}-dgram-${i}`);
     await until(() => udp.replies.length >= sentFirst + 9, "9 more UDP echoes");
     expect(new Set(udp.replies.map((r) => r.from))).toEqual(new Set([app.sgUdp]));
+    const agentSources = [...(agent.endpoint?.udpBySource.keys() ?? [])].map((k) => Number(k.split("|")[1]));
+    expect(agentSources.length).toBe(1);
+    expect(agentSources[0]).toBeGreaterThanOrEqual(55000);
+    expect(agentSources[0]).toBeLessThanOrEqual(59999);
     const udpCount = sentFirst + 9;
 
     const during = await scrape(app);
@@ -261,5 +267,40 @@ describe("a scripted session through the appliance process", () => {
     expect(verdict.failedAt ?? verdict.stage).toBe("agent-launch");
     expect(String(verdict.cause)).toContain(alloc.resultId);
     expect(app.logs.filter((l) => l.verdict === true && l.sessionId === sessionId)).toHaveLength(1);
+  });
+});
+
+describe("client address families (enableIpv6)", () => {
+  test("a ::1 client is sent to the IPv6 externalPcoipIp and a 127.0.0.1 client to the IPv4 one", async () => {
+    agent = await startFakeAgent({ endpoint: true });
+    app = await startApplianceProcess({
+      agent: `127.0.0.1:${agent.port}`,
+      env: {
+        ...sgEnv(),
+        PCOIP_CMSG_ENABLEIPV6: "true",
+        PCOIP_CMSG_EXTERNALPCOIPIP: "203.0.113.10,2001:db8::10",
+        PCOIP_CMSG_CM_LISTEN: "127.0.0.1:0,[::1]:0",
+      },
+    });
+    const cmV6 = await app.waitForLog((l) => l.listener === "cm" && String(l.address).startsWith("["));
+    const v6 = /^\[(.*)\]:(\d+)$/.exec(String(cmV6.address))!;
+    const targets: string[] = [];
+    for (const [host, port, localAddress] of [
+      [v6[1]!, Number(v6[2]), "::1"],
+      [hostPort(app.cm).host, hostPort(app.cm).port, "127.0.0.1"],
+    ] as const) {
+      const c = pcoipClient({ host, port, ca: app.ca, servername: "localhost", localAddress });
+      closers.push(() => c.close());
+      await c.hello();
+      expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+      await c.getResourceList();
+      const alloc = await c.allocate("desktop-1");
+      expect(alloc.resultId).toBe("ALLOC_SUCCESSFUL");
+      targets.push(/<ip-address>([^<]*)<\/ip-address>/.exec(alloc.body)?.[1] ?? "");
+    }
+    expect(targets).toEqual(["2001:db8::10", "203.0.113.10"]);
+    // The admissions hold canonical client IPs (no ::ffff: form).
+    const sessions = (await (await app.adminGet("/sessions")).json()) as { clientIp: string }[];
+    expect(sessions.map((s) => s.clientIp).sort()).toEqual(["127.0.0.1", "::1"]);
   });
 });
