@@ -383,13 +383,17 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       c.holdsFd = descriptors !== undefined;
       open.add(c);
       socket.setNoDelay(true);
-      startHeadTimer(c);
+      // TLS: the handshake gets its own headerTimeout, and the head its own once the handshake is done. A busy
+      // node queues handshakes; counting that wait against the head would cut clients for the node's own delay.
+      if (isTls) arm(c, limits.headerTimeoutMs, () => c.phase === "head" && !c.secured && close(c));
+      else startHeadTimer(c);
     },
     handshake(socket: Socket<Conn>, success: boolean) {
       const c = socket.data;
       if (!c) return;
       // A failed handshake (TLS garbage, a scanner) is closed by Bun; mark it so close() does not wait on it.
       c.secured = success;
+      if (success && c.phase === "head") startHeadTimer(c);
     },
     data(socket: Socket<Conn>, chunk: Buffer) {
       const c = socket.data;
