@@ -2,49 +2,32 @@
 // connections, non-TLS bytes, oversized or slow hellos, sessions over the limits and UDP from unknown sources are
 // each refused (UDP: never answered) and counted, while an admitted session keeps working throughout.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import type { udp } from "bun";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
 import { type Admissions, createAdmissions } from "../../src/sg/admissions.ts";
 import { createRelayLimits } from "../../src/sg/limits.ts";
 import { startTcpRelay, type TcpRelay } from "../../src/sg/tcp-relay.ts";
 import { startUdpRelay, type UdpRelay } from "../../src/sg/udp-relay.ts";
-import {
-  type AgentEndpoint,
-  type ControlClient,
-  connectControl,
-  startAgentEndpoint,
-} from "../peers/agent-endpoint.ts";
+import { type AgentEndpoint, connectControl } from "../peers/agent-endpoint.ts";
+import { type SgFixture, startSgFixture, until } from "../peers/sg-fixture.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const SNI = "agent-9.corp.test";
 const pki = testPki();
-const agentCert = pki.leaf([SNI, "other-agent.corp.test"]);
+/** Source ports of the extra relays some tests start beside the fixture's. */
 const base = 20_000 + Math.floor(Math.random() * 90) * 100;
 
-let agent: AgentEndpoint;
 let clock = 1_000_000;
+const sink = memoryDestination();
+const log = createLogger({ destination: sink, level: "debug" });
+
+let sg: SgFixture;
+let agent: AgentEndpoint;
 let admissions: Admissions;
 let tcp: TcpRelay;
 let udpRelay: UdpRelay;
-const sink = memoryDestination();
-const log = createLogger({ destination: sink, level: "debug" });
-let seq = 0;
-
-/** The session admitted before everything else; it must keep working after each refusal. */
-let keeper: { client: ControlClient; udp: udp.Socket<"buffer">; replies: string[] };
 
 function admit(over: Partial<Parameters<Admissions["admit"]>[0]> = {}, into: Admissions = admissions) {
-  seq++;
-  return into.admit({
-    sessionLogId: `11111111-0000-4000-8000-${String(seq).padStart(12, "0")}`,
-    agentSessionId: `s-${seq}`,
-    clientIp: "127.0.0.1",
-    agentHost: "127.0.0.1",
-    agentTcpPort: agent.port,
-    agentUdpPort: agent.port,
-    sni: SNI,
-    ...over,
-  });
+  return sg.admit(over, into);
 }
 
 function tls(port = tcp.ports[0]!, serverName = SNI) {
@@ -72,73 +55,24 @@ function raw(bytes: Uint8Array | string, port = tcp.ports[0]!): Promise<{ receiv
   return done.promise;
 }
 
-async function until(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(10);
-  }
-}
-
 beforeAll(async () => {
-  agent = await startAgentEndpoint({ hostname: "127.0.0.1", cert: agentCert.cert, key: agentCert.key });
-  // A clock the tests move by hand: expiry is tested by crossing it, not by waiting.
-  admissions = createAdmissions({ now: () => clock, sweepEveryMs: 0, maxSessions: 3 });
-  const t = await startTcpRelay({
-    listen: [{ hostname: "127.0.0.1", port: 0 }],
-    admissions,
+  sg = await startSgFixture({
+    sni: SNI,
+    idPrefix: "11111111",
     log,
-    handshakeTimeoutMs: 300,
-    connectTimeoutMs: 1000,
+    agentNames: ["other-agent.corp.test"],
+    // A clock the tests move by hand: expiry is tested by crossing it, not by waiting.
+    admissions: { now: () => clock, maxSessions: 3 },
+    tcp: { handshakeTimeoutMs: 300, connectTimeoutMs: 1000 },
+    udp: { verdictMs: 200, sweepEveryMs: 20, now: () => Date.now() },
   });
-  if (!t.ok) throw new Error(t.error.cause);
-  tcp = t.relay;
-  const u = await startUdpRelay({
-    listen: [{ hostname: "127.0.0.1", port: 0 }],
-    admissions,
-    log,
-    sourcePorts: { from: base, to: base + 99 },
-    verdictMs: 200,
-    sweepEveryMs: 20,
-    now: () => Date.now(),
-  });
-  if (!u.ok) throw new Error(u.error.cause);
-  udpRelay = u.relay;
-
-  const r = admit();
-  if (!r.ok) throw new Error(r.reason);
-  const c = await tls();
-  if (!c.ok) throw new Error(c.error);
-  const replies: string[] = [];
-  const sock = await Bun.udpSocket({
-    hostname: "127.0.0.1",
-    socket: {
-      data: (_s, b) => {
-        replies.push(String(b));
-      },
-      error() {},
-    },
-  });
-  keeper = { client: c.client, udp: sock, replies };
+  ({ agent, admissions, tcp, udpRelay } = sg);
 });
 
-afterEach(async () => {
-  // The admitted session still relays both planes after whatever the test threw at the SG.
-  const tag = `keeper-${Date.now()}-${Math.random()}`;
-  keeper.client.write(tag);
-  await keeper.client.waitFor(tag, 2000);
-  keeper.udp.send(tag, udpRelay.ports[0]!, "127.0.0.1");
-  await until(() => keeper.replies.includes(tag), 2000);
-});
+// The admitted session still relays both planes after whatever the test threw at the SG.
+afterEach(() => sg.checkKeeper(2000));
 
-afterAll(async () => {
-  keeper?.client.close();
-  keeper?.udp.close();
-  await tcp?.stop();
-  await udpRelay?.stop();
-  admissions?.close();
-  await agent?.close();
-});
+afterAll(() => sg?.close());
 
 describe("tcp 4172 refusals", () => {
   test("no admission at all for the client IP", async () => {

@@ -5,49 +5,31 @@
 // cleanly, without a busy loop, in the real process. (Single refusals of each kind: test/e2e/sg-refusals.test.ts.)
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import type { udp } from "bun";
 import fc from "fast-check";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
 import { type Admissions, createAdmissions } from "../../src/sg/admissions.ts";
 import { parseClientHello } from "../../src/sg/client-hello.ts";
 import { createRelayLimits } from "../../src/sg/limits.ts";
 import { startTcpRelay, type TcpRelay } from "../../src/sg/tcp-relay.ts";
-import { startUdpRelay, type UdpRelay } from "../../src/sg/udp-relay.ts";
-import {
-  type AgentEndpoint,
-  type ControlClient,
-  connectControl,
-  startAgentEndpoint,
-} from "../peers/agent-endpoint.ts";
+import type { UdpRelay } from "../../src/sg/udp-relay.ts";
+import { type AgentEndpoint, connectControl } from "../peers/agent-endpoint.ts";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
+import { type SgFixture, startSgFixture, until } from "../peers/sg-fixture.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const SNI = "agent-9.corp.test";
 const pki = testPki();
-const agentCert = pki.leaf([SNI]);
-const base = 30_000 + Math.floor(Math.random() * 90) * 100;
 const sink = memoryDestination();
 const log = createLogger({ destination: sink, level: "info" });
 
+let sg: SgFixture;
 let agent: AgentEndpoint;
 let admissions: Admissions;
 let tcp: TcpRelay;
 let udpRelay: UdpRelay;
-let seq = 0;
-let keeper: { client: ControlClient; udp: udp.Socket<"buffer">; replies: string[] };
 
 function admit(over: Partial<Parameters<Admissions["admit"]>[0]> = {}, into: Admissions = admissions) {
-  seq++;
-  return into.admit({
-    sessionLogId: `22222222-0000-4000-8000-${String(seq).padStart(12, "0")}`,
-    agentSessionId: `s-${seq}`,
-    clientIp: "127.0.0.1",
-    agentHost: "127.0.0.1",
-    agentTcpPort: agent.port,
-    agentUdpPort: agent.port,
-    sni: SNI,
-    ...over,
-  });
+  return sg.admit(over, into);
 }
 
 /** Sends bytes on plain TCP; resolves with the bytes that came back and the time until the SG closed. */
@@ -73,14 +55,6 @@ function raw(bytes: Uint8Array, port = tcp.ports[0]!): Promise<{ received: numbe
     },
   }).catch(() => done.resolve({ received, ms: Date.now() - t0 }));
   return done.promise;
-}
-
-async function until(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(10);
-  }
 }
 
 /** A real ClientHello (BoringSSL) for `sni`, captured on a plain listener. */
@@ -111,65 +85,21 @@ async function realHello(sni: string): Promise<Uint8Array> {
 let hello: Uint8Array;
 
 beforeAll(async () => {
-  agent = await startAgentEndpoint({ hostname: "127.0.0.1", cert: agentCert.cert, key: agentCert.key });
-  admissions = createAdmissions({ sweepEveryMs: 0 });
-  const t = await startTcpRelay({
-    listen: [{ hostname: "127.0.0.1", port: 0 }],
-    admissions,
+  sg = await startSgFixture({
+    sni: SNI,
+    idPrefix: "22222222",
     log,
-    handshakeTimeoutMs: 500,
+    tcp: { handshakeTimeoutMs: 500 },
+    udpHostname: "0.0.0.0",
   });
-  if (!t.ok) throw new Error(t.error.cause);
-  tcp = t.relay;
-  const u = await startUdpRelay({
-    listen: [{ hostname: "0.0.0.0", port: 0 }],
-    admissions,
-    log,
-    sourcePorts: { from: base, to: base + 99 },
-  });
-  if (!u.ok) throw new Error(u.error.cause);
-  udpRelay = u.relay;
+  ({ agent, admissions, tcp, udpRelay } = sg);
   hello = await realHello(SNI);
-  const r = admit();
-  if (!r.ok) throw new Error(r.reason);
-  const c = await connectControl({
-    hostname: "127.0.0.1",
-    port: tcp.ports[0]!,
-    serverName: SNI,
-    ca: pki.ca.cert,
-  });
-  if (!c.ok) throw new Error(c.error);
-  const replies: string[] = [];
-  const sock = await Bun.udpSocket({
-    hostname: "127.0.0.1",
-    socket: {
-      data: (_s, b) => {
-        replies.push(String(b));
-      },
-      error() {},
-    },
-  });
-  keeper = { client: c.client, udp: sock, replies };
-  await until(() => agent.accepted.length === 1); // the agent's side of the keeper's handshake has completed
 });
 
-afterEach(async () => {
-  // The admitted session still relays both planes after whatever the test threw at the SG.
-  const tag = `keeper-${Date.now()}-${Math.random()}`;
-  keeper.client.write(tag);
-  await keeper.client.waitFor(tag, 3000);
-  keeper.udp.send(tag, udpRelay.ports[0]!, "127.0.0.1");
-  await until(() => keeper.replies.includes(tag), 3000);
-});
+// The admitted session still relays both planes after whatever the test threw at the SG.
+afterEach(() => sg.checkKeeper(3000));
 
-afterAll(async () => {
-  keeper?.client.close();
-  keeper?.udp.close();
-  await tcp?.stop();
-  await udpRelay?.stop();
-  admissions?.close();
-  await agent?.close();
-});
+afterAll(() => sg?.close());
 
 describe("TCP 4172 under hostile input", () => {
   test("random bytes and mutated ClientHellos: closed without a byte of answer, no agent reached", async () => {
@@ -298,8 +228,8 @@ describe("UDP 4172 flood from unknown sources", () => {
         if (round % 2 === 1) await Bun.sleep(1);
       }
       // The admitted session's media keeps flowing during the flood.
-      keeper.udp.send("during-flood", udpRelay.ports[0]!, "127.0.0.1");
-      await until(() => keeper.replies.includes("during-flood"), 3000);
+      sg.keeper.udp.send("during-flood", udpRelay.ports[0]!, "127.0.0.1");
+      await until(() => sg.keeper.replies.includes("during-flood"), 3000);
       const dropped = () =>
         udpRelay.counters.drops.no_session + udpRelay.counters.drops.client_ip_mismatch - dropsBefore;
       // Loopback may drop some datagrams in the kernel when buffers fill; those that arrive are all counted.
