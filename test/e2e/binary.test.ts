@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { applianceToml } from "../peers/appliance-process.ts";
+import { cleanEnv, type Ran, runCommand } from "../peers/run-command.ts";
 
 const REPO = resolve(import.meta.dir, "../..");
 const EXAMPLE = join(REPO, "config/pcoip-cmsg.example.toml");
@@ -21,40 +22,8 @@ const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-binary-"));
 const binary = join(work, "pcoip-cmsg");
 let buildError = "";
 
-/** The environment without anything that would steer the program (config overrides, proxies, systemd). */
-function cleanEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v === undefined || /^PCOIP_CMSG_|^(https?|all|no)_proxy$|^NOTIFY_SOCKET$|^LOG_LEVEL$/i.test(k))
-      continue;
-    env[k] = v;
-  }
-  return env;
-}
-
-async function runBinary(
-  args: string[],
-  timeoutMs = 30_000,
-): Promise<{ code: number; out: string; err: string }> {
-  const proc = Bun.spawn([binary, ...args], {
-    cwd: work,
-    env: cleanEnv(),
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
-  try {
-    const [out, err, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
-    return { code, out, err };
-  } finally {
-    clearTimeout(timer);
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
-  }
+function runBinary(args: string[], timeoutMs = 30_000): Promise<Ran> {
+  return runCommand([binary, ...args], { cwd: work, timeoutMs });
 }
 
 beforeAll(async () => {

@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
+import { cleanEnv } from "./run-command.ts";
 import { testPki } from "./test-certs.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
@@ -132,14 +133,8 @@ export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Pr
     ),
   );
 
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    // The appliance must see only this test's settings: no proxies, no inherited config overrides.
-    if (v === undefined || /^PCOIP_CMSG_|^(https?|all|no)_proxy$|^NOTIFY_SOCKET$|^LOG_LEVEL$/i.test(k))
-      continue;
-    env[k] = v;
-  }
-  Object.assign(env, o.env ?? {});
+  // The appliance must see only this test's settings: no proxies, no inherited config overrides.
+  const env = { ...cleanEnv(), ...o.env };
   const proc = Bun.spawn([...(o.wrap ?? []), process.execPath, MAIN, "run", "--config", configFile], {
     cwd: dir,
     env,

@@ -5,6 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { PRODUCT_NAME, VERSION } from "../../src/version.ts";
+import { type Ran, runCommand } from "../peers/run-command.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
 
@@ -19,35 +20,9 @@ function registeredCommands(): string[] {
   return [...body.matchAll(/^ {2}(?:"([\w-]+)"|([\w]+)): \{/gm)].map((m) => (m[1] ?? m[2])!);
 }
 
-interface Ran {
-  code: number;
-  out: string;
-  err: string;
-}
-
 /** Runs `bun src/main.ts ...args`, killed after `timeoutMs` (the exit code then says so). */
-async function cli(args: string[], timeoutMs = 20_000): Promise<Ran> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env))
-    if (v !== undefined && !/^PCOIP_CMSG_|^LOG_LEVEL$/.test(k)) env[k] = v;
-  const proc = Bun.spawn([process.execPath, MAIN, ...args], {
-    env,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
-  try {
-    const [out, err, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
-    return { code, out, err };
-  } finally {
-    clearTimeout(timer);
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
-  }
+function cli(args: string[], timeoutMs = 20_000): Promise<Ran> {
+  return runCommand([process.execPath, MAIN, ...args], { timeoutMs });
 }
 
 const COMMANDS = registeredCommands();
