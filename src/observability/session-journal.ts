@@ -7,7 +7,7 @@
  *
  * The CM and the SG only report facts (`reached`, `failed`, `traffic`, `ended`); the wording lives here.
  */
-import { type Logger, sessionLogger } from "./log.ts";
+import type { Logger } from "./log.ts";
 
 export const STAGES = [
   "hello",
@@ -111,8 +111,10 @@ export function createSessionJournal(options: JournalOptions): SessionJournal {
       pendingTtl: options.pendingTtlSeconds,
     });
     const done = e.stage === "udp-from-agent" || (!e.viaGateway && e.stage === "agent-launch");
-    sessionLogger(log, e.id)[done || how === "ended" ? "info" : "warn"](
+    // Bindings inline, not a child logger: creating a pino child costs more than the line itself.
+    log[done || how === "ended" ? "info" : "warn"](
       {
+        sessionId: e.id,
         verdict: true,
         stage: done ? "done" : stage,
         ...(e.failure ? { failedAt: e.failure.stage } : {}),
@@ -129,8 +131,9 @@ export function createSessionJournal(options: JournalOptions): SessionJournal {
     entries.delete(e.id);
     if (!e.stalled || e.stage === "udp-from-agent") verdict(e, "ended", reason);
     if (e.viaGateway) {
-      sessionLogger(log, e.id).info(
+      log.info(
         {
+          sessionId: e.id,
           audit: true,
           event: "session_end",
           reason,
