@@ -230,15 +230,24 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
       // A second allocation in the same CM session replaces the first admission (same id, newer agent answer).
       const previous = byId.get(req.sessionLogId);
       if (previous) remove(previous, "replaced");
-      let live = 0;
-      for (const r of byId.values()) if (!isDead(r, t)) live++;
+      // Counting the live records is O(sessions); it is needed only when the table is full (dead records may
+      // still be in it before the sweep), so the common path costs nothing per allocation.
+      let live = byId.size;
+      if (live >= maxSessions) {
+        live = 0;
+        for (const r of byId.values()) if (!isDead(r, t)) live++;
+      }
       if (live >= maxSessions) {
         counters.refused.max_sessions++;
         return { ok: false, reason: "max_sessions" };
       }
       if (maxPerClientIp > 0) {
-        let ofIp = 0;
-        for (const r of byIp.get(clientIp) ?? []) if (!isDead(r, t)) ofIp++;
+        const ofIpSet = byIp.get(clientIp);
+        let ofIp = ofIpSet?.size ?? 0;
+        if (ofIp >= maxPerClientIp) {
+          ofIp = 0;
+          for (const r of ofIpSet ?? []) if (!isDead(r, t)) ofIp++;
+        }
         if (ofIp >= maxPerClientIp) {
           counters.refused.per_ip_limit++;
           return { ok: false, reason: "per_ip_limit" };
