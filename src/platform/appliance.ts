@@ -125,9 +125,10 @@ export async function startAppliance(
       ...(deps.now ? { now: deps.now } : {}),
     });
     stops.push(() => admissions?.close());
-    const unsubscribeJournal = admissions.subscribe((e) =>
-      journal.sgEnded(e.admission.sessionLogId, e.reason),
-    );
+    // A replaced admission is the same session allocating again (same id): it goes on, so no end line yet.
+    const unsubscribeJournal = admissions.subscribe((e) => {
+      if (e.reason !== "replaced") journal.sgEnded(e.admission.sessionLogId, e.reason);
+    });
     stops.push(unsubscribeJournal);
     const tcpListen = listenAddresses(effectiveListeners(config.sg.tcpListen, config.enableIpv6));
     const t = await startTcpRelay({

@@ -270,6 +270,42 @@ describe("a scripted session through the appliance process", () => {
   });
 });
 
+describe("a session that allocates twice", () => {
+  test("the second allocation replaces the first admission; the session still ends with one session_end line", async () => {
+    const { app } = await start();
+    const c = cmClient(app);
+    closers.push(() => c.close());
+    await c.hello();
+    expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+    await c.getResourceList();
+    expect((await c.allocate("desktop-1")).resultId).toBe("ALLOC_SUCCESSFUL");
+    // The CM keeps no password after a launch: the second allocation needs a fresh sign-in; a new hello on the
+    // same cookie restarts the conversation in place, under the same session id.
+    await c.hello();
+    expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
+    await c.getResourceList();
+    const second = await c.allocate("desktop-1");
+    expect(second.resultId).toBe("ALLOC_SUCCESSFUL");
+    const agentSessionId = /<session-id>([^<]*)<\/session-id>/.exec(second.body)?.[1];
+    const alloc = await app.waitForLog(
+      (l) => l.event === "allocation" && l.agentSessionId === agentSessionId,
+    );
+    const sessionId = String(alloc.sessionId);
+    const control = await openControl(app);
+    control.write("ping");
+    await control.waitFor("ping");
+    control.close();
+    await app.waitForLog((l) => l.event === "session_end" && l.sessionId === sessionId, 10_000);
+    await Bun.sleep(300);
+    const ends = app.logs.filter((l) => l.event === "session_end" && l.sessionId === sessionId);
+    expect(ends).toHaveLength(1);
+    // The end is the session's real one (its control connection closed), with its bytes — not the replacement.
+    expect(ends[0]).toMatchObject({ reason: "sg: closed" });
+    expect(Number(ends[0]!.bytesFromClient)).toBeGreaterThan(0);
+    expect(app.logs.filter((l) => l.verdict === true && l.sessionId === sessionId)).toHaveLength(1);
+  });
+});
+
 describe("client address families (enableIpv6)", () => {
   test("a ::1 client is sent to the IPv6 externalPcoipIp and a 127.0.0.1 client to the IPv4 one", async () => {
     agent = await startFakeAgent({ endpoint: true });
