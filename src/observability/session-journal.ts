@@ -20,6 +20,7 @@ export const STAGES = [
   "udp-from-agent",
 ] as const;
 export type Stage = (typeof STAGES)[number];
+const SG_STAGES: ReadonlySet<Stage> = new Set<Stage>(["sg-tcp", "udp-from-client", "udp-from-agent"]);
 
 export interface Traffic {
   readonly bytesFromClient: number;
@@ -167,7 +168,10 @@ export function createSessionJournal(options: JournalOptions): SessionJournal {
 
   return {
     reached(id, stage) {
-      const e = entry(id);
+      // Only the CM opens a record (its hello comes first); an SG milestone for a session the journal does not
+      // hold (already ended) must not open one that nothing would ever end.
+      const e = SG_STAGES.has(stage) ? entries.get(id) : entry(id);
+      if (!e) return;
       if (rank(stage) <= rank(e.stage)) return;
       e.stage = stage;
       e.advancedAt = now();

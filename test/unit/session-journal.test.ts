@@ -91,3 +91,14 @@ test("an allocated SG session without a control connection stalls once with the 
   expect(lines().some((l) => l.event === "session_end")).toBe(true);
   journal.stop();
 });
+
+test("an SG milestone for a session the journal does not hold opens no record (nothing would end it)", () => {
+  const { journal } = setup();
+  journal.reached(ID, "sg-tcp");
+  journal.reached(ID, "udp-from-agent");
+  journal.traffic(ID, { bytesFromClient: 1, bytesToClient: 1 });
+  expect(journal.size).toBe(0);
+  journal.reached(ID, "hello");
+  expect(journal.size).toBe(1);
+  journal.stop();
+});
