@@ -247,6 +247,42 @@ describe("admission limits", () => {
 });
 
 describe("udp 4172 refusals", () => {
+  test("an agent whose UDP port is closed (ICMP port unreachable) costs only its own session", async () => {
+    const probe = await Bun.udpSocket({ hostname: "127.0.0.1", socket: { error() {} } });
+    const deadPort = probe.port;
+    probe.close();
+    const a = admit({ agentUdpPort: deadPort, sni: "other-agent.corp.test" });
+    if (!a.ok) throw new Error(a.reason);
+    const c = await tls(tcp.ports[0]!, "other-agent.corp.test");
+    if (!c.ok) throw new Error(c.error);
+    const replies: string[] = [];
+    const client = await Bun.udpSocket({
+      hostname: "127.0.0.1",
+      socket: {
+        data: (_s, b) => {
+          replies.push(String(b));
+        },
+        error() {},
+      },
+    });
+    try {
+      const errorsBefore = udpRelay.counters.socketErrors;
+      const upBefore = udpRelay.counters.packetsUp;
+      for (let i = 0; i < 20; i++) {
+        client.send(`to-a-dead-port-${i}`, udpRelay.ports[0]!, "127.0.0.1");
+        await Bun.sleep(5);
+      }
+      await until(() => udpRelay.counters.packetsUp - upBefore >= 20, 3000);
+      // The kernel's port-unreachable answers reach the session's socket as errors, never a crash.
+      await until(() => udpRelay.counters.socketErrors > errorsBefore, 3000);
+      expect(replies).toEqual([]);
+    } finally {
+      client.close();
+      c.client.close();
+      admissions.end(a.admission.sessionLogId);
+    }
+  });
+
   test("UDP from a source with no session is dropped, counted and never answered", async () => {
     const other = createAdmissions({ sweepEveryMs: 0 });
     const u = await startUdpRelay({
