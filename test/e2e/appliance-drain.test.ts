@@ -148,4 +148,12 @@ describe("SIGTERM with a live session", () => {
     expect(Date.now() - t0).toBeLessThan(10_000);
     await until(() => app!.logs.some((l) => l.msg === "drained: no live sessions"), "the drained line", 2000);
   });
+
+  test("SIGINT (Ctrl-C in a foreground run) drains the same way and exits 0", async () => {
+    app = await startApplianceProcess({ env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" } });
+    app.signal("SIGINT");
+    expect(await exitWithin(app, 10_000)).toBe(0);
+    const drained = app.logs.find((l) => l.msg === "drained: no live sessions");
+    expect(drained?.signal).toBe("SIGINT");
+  });
 });
