@@ -149,7 +149,6 @@ export function parseRequestHead(buf: Uint8Array, limits: Http1Limits, scan?: He
   };
 }
 
-/** Index of the LF that ends the blank line closing the head, or -1. `from` is the first LF. */
 /** From the LF at `from`: the index of the LF ending the blank line, or -1 with the last LF visited. */
 function findHeadEnd(buf: Uint8Array, from: number): { end: number; lastLf: number } {
   let lastLf = from;

@@ -120,6 +120,12 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     return dateCache.text;
   };
 
+  /** Drops the first `n` buffered bytes; the head parser's scan positions referred to them, so it starts over. */
+  const consume = (c: Conn, n: number): void => {
+    c.buf = c.buf.subarray(n);
+    c.scan = newHeadScan();
+  };
+
   /** Adds a read to `c.buf`: in place when the store has room after it, else into a store twice the size. */
   const append = (c: Conn, chunk: Buffer): void => {
     if (c.buf.length === 0) {
@@ -218,8 +224,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
           return;
         }
         c.head = r.head;
-        c.buf = c.buf.subarray(r.consumed);
-        c.scan = newHeadScan();
+        consume(c, r.consumed);
         c.bodyParts = [];
         c.bodyLength = 0;
         c.chunked = r.head.body.kind === "chunked" ? new ChunkedDecoder(limits.maxBodyBytes) : undefined;
@@ -242,8 +247,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
             refuseAndClose(c, used);
             return;
           }
-          c.buf = c.buf.subarray(used);
-          c.scan = newHeadScan();
+          consume(c, used);
           if (!c.chunked.done) return;
           c.bodyParts = [c.chunked.body()];
         } else if (head.body.kind === "length") {
@@ -252,8 +256,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
           if (take > 0) {
             c.bodyParts.push(c.buf.subarray(0, take));
             c.bodyLength += take;
-            c.buf = c.buf.subarray(take);
-            c.scan = newHeadScan();
+            consume(c, take);
           }
           if (c.bodyLength < head.body.length) return;
         }
