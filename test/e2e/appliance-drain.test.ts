@@ -6,8 +6,10 @@ import { afterEach, describe, expect, test } from "bun:test";
 import type { ControlClient } from "../peers/agent-endpoint.ts";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
 import {
+  type Closer,
   cmClient,
   cmGet,
+  endTest,
   keepFlowing,
   openControl,
   sgEnv,
@@ -21,14 +23,11 @@ import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
 
 let app: ApplianceProcess | undefined;
 let agent: FakeAgent | undefined;
-const closers: (() => void | Promise<void>)[] = [];
+const closers: Closer[] = [];
 
 afterEach(async () => {
-  for (const c of closers.splice(0).reverse()) await c();
-  await app?.kill();
-  app?.cleanup();
+  await endTest(closers, app, agent);
   app = undefined;
-  await agent?.close();
   agent = undefined;
 });
 

@@ -6,10 +6,13 @@
 // launch gives a verdict naming the stage.
 import { afterEach, describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
+import { STAGES as JOURNAL_STAGES } from "../../src/observability/session-journal.ts";
 import { connectControl } from "../peers/agent-endpoint.ts";
 import { type ApplianceProcess, type LogLine, startApplianceProcess } from "../peers/appliance-process.ts";
 import {
+  type Closer,
   cmClient,
+  endTest,
   hostPort,
   linesOf,
   moved,
@@ -26,28 +29,16 @@ import { pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const STAGES = [
-  "hello",
-  "auth",
-  "list",
-  "allocate",
-  "agent-launch",
-  "sg-tcp",
-  "udp-from-client",
-  "udp-from-agent",
-  "done",
-];
+/** What a verdict line may name: the journal's stages, or "done" once media flowed both ways. */
+const STAGES: readonly string[] = [...JOURNAL_STAGES, "done"];
 
 let app: ApplianceProcess | undefined;
 let agent: FakeAgent | undefined;
-const closers: (() => void | Promise<void>)[] = [];
+const closers: Closer[] = [];
 
 afterEach(async () => {
-  for (const c of closers.splice(0).reverse()) await c();
-  await app?.kill();
-  app?.cleanup();
+  await endTest(closers, app, agent);
   app = undefined;
-  await agent?.close();
   agent = undefined;
 });
 

@@ -10,8 +10,10 @@ import { join } from "node:path";
 import type { ControlClient } from "../peers/agent-endpoint.ts";
 import { type ApplianceProcess, type LogLine, startApplianceProcess } from "../peers/appliance-process.ts";
 import {
+  type Closer,
   cmCertificateFingerprint,
   editedConfig,
+  endTest,
   hostPort,
   keepFlowing,
   openControl,
@@ -28,14 +30,11 @@ const DEBUG = "debug";
 
 let app: ApplianceProcess | undefined;
 let agent: FakeAgent | undefined;
-const closers: (() => void | Promise<void>)[] = [];
+const closers: Closer[] = [];
 
 afterEach(async () => {
-  for (const c of closers.splice(0).reverse()) await c();
-  await app?.kill();
-  app?.cleanup();
+  await endTest(closers, app, agent);
   app = undefined;
-  await agent?.close();
   agent = undefined;
 });
 

@@ -14,6 +14,7 @@ import { connect as tlsConnect } from "node:tls";
 import type { udp } from "bun";
 import { type ControlClient, connectControl } from "./agent-endpoint.ts";
 import type { ApplianceProcess, LogLine } from "./appliance-process.ts";
+import type { FakeAgent } from "./fake-agent.ts";
 import { type Answer, type PcoipClient, pcoipClient } from "./pcoip-client.ts";
 import { testPki } from "./test-certs.ts";
 
@@ -33,6 +34,21 @@ export async function until(
     if (Date.now() > end) throw new Error(`not within ${ms} ms: ${what}`);
     await Bun.sleep(20);
   }
+}
+
+/** Something a test opened and must close, whatever happened. */
+export type Closer = () => void | Promise<void>;
+
+/** Ends what a test started, last first: its closers, then the appliance process (killed, folder removed), the agent. */
+export async function endTest(
+  closers: Closer[],
+  app: ApplianceProcess | undefined,
+  agent: FakeAgent | undefined,
+): Promise<void> {
+  for (const c of closers.splice(0).reverse()) await c();
+  await app?.kill();
+  app?.cleanup();
+  await agent?.close();
 }
 
 /**
