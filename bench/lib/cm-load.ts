@@ -7,29 +7,12 @@
  * server's share lands on the SG's event loop.
  */
 import type { Socket } from "bun";
+import { HELLO_DOCUMENT } from "./logins.ts";
 import { LOOPBACK } from "./net.ts";
-
-const HELLO_XML = `<?xml version="1.0" encoding="UTF-8"?>
-<pcoip-client version="2.1">
-  <hello>
-    <client-info>
-      <product-name>Teradici PCoIP Desktop Client</product-name>
-      <product-version>23.01.2</product-version>
-      <platform>Ubuntu 22.04 linux x86_64</platform>
-      <locale>en_US</locale>
-      <hostname>laptop-17</hostname>
-      <serial-number>02:42:ac:11:00:02</serial-number>
-      <device-name>laptop-17</device-name>
-      <pcoip-unique-id>02:42:ac:11:00:02</pcoip-unique-id>
-    </client-info>
-    <caps><cap>CAP_NO_AUTHENTICATION</cap><cap>CAP_DIALOG_AUTHENTICATION</cap></caps>
-    <server-address><ip-address>127.0.0.1</ip-address><hostname>cm.bench.test</hostname></server-address>
-  </hello>
-</pcoip-client>`;
 
 const REQUEST = new TextEncoder().encode(
   "POST /pcoip-broker/xml HTTP/1.1\r\nHost: cm.bench.test\r\nContent-Type: text/xml; charset=UTF-8\r\n" +
-    `Content-Length: ${Buffer.byteLength(HELLO_XML)}\r\n\r\n${HELLO_XML}`,
+    `Content-Length: ${Buffer.byteLength(HELLO_DOCUMENT)}\r\n\r\n${HELLO_DOCUMENT}`,
 );
 const REQUESTS_PER_LOGIN = 4;
 

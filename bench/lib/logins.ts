@@ -18,15 +18,13 @@ const doc = (inner: string) =>
   `<?xml version='1.0' encoding='UTF-8'?><pcoip-client version='2.1'>${inner}</pcoip-client>`;
 const CLIENT_INFO =
   "<client-info><product-name>Teradici PCoIP Desktop Client</product-name><product-version>23.01.2</product-version><platform>Ubuntu 22.04 linux x86_64</platform><locale>en_US</locale><hostname>laptop-17</hostname><serial-number>02:42:ac:11:00:02</serial-number><device-name>laptop-17</device-name><pcoip-unique-id>02:42:ac:11:00:02</pcoip-unique-id></client-info>";
+/** The hello a Teradici client sends (PROTOCOL.md §2); also the request of the CM-like load (cm-load.ts). */
+export const HELLO_DOCUMENT = doc(
+  `<hello>${CLIENT_INFO}<caps><cap>CAP_NO_AUTHENTICATION</cap></caps><server-address><ip-address>127.0.0.1</ip-address><hostname>localhost</hostname></server-address></hello>`,
+);
 /** [step, body, what the answer must contain]. */
 const STEPS: readonly (readonly [string, string, string])[] = [
-  [
-    "hello",
-    doc(
-      `<hello>${CLIENT_INFO}<caps><cap>CAP_NO_AUTHENTICATION</cap></caps><server-address><ip-address>127.0.0.1</ip-address><hostname>localhost</hostname></server-address></hello>`,
-    ),
-    "<hello-resp",
-  ],
+  ["hello", HELLO_DOCUMENT, "<hello-resp"],
   [
     "authenticate",
     doc(
