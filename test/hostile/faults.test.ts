@@ -12,6 +12,7 @@ import { createAdmissions } from "../../src/sg/admissions.ts";
 import { startTcpRelay } from "../../src/sg/tcp-relay.ts";
 import { connectControl, startAgentEndpoint } from "../peers/agent-endpoint.ts";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
+import { sgEnv } from "../peers/appliance-session.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
 import { pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
@@ -263,7 +264,10 @@ describe("the appliance process", () => {
 
   test("kill -9, then a restart on the same ports and folder: comes back clean, nothing stale left behind", async () => {
     agent = await startFakeAgent({ endpoint: true });
-    const first = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}` });
+    // UDP source ports below the kernel's ephemeral range: the restart names the first run's (ephemeral) UDP
+    // listener port, which must not fall inside the source-port range (config check refuses that).
+    const sourcePorts = sgEnv();
+    const first = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: sourcePorts });
     app = first;
     const before = new Set(readdirSync(first.dir, { recursive: true }).map(String));
     const target = await login(first);
@@ -284,6 +288,7 @@ describe("the appliance process", () => {
     await inFlight;
     // Restart on the very same ports (SO_REUSEADDR: no TIME_WAIT refusal) and the same folder.
     const env = {
+      ...sourcePorts,
       PCOIP_CMSG_CM_LISTEN: first.cm,
       PCOIP_CMSG_CM_REDIRECTLISTEN: first.redirect,
       PCOIP_CMSG_SG_TCPLISTEN: first.sgTcp,
