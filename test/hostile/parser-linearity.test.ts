@@ -397,11 +397,8 @@ describe("SG ClientHello reader", () => {
     expectLinear(make, (b) => feedHello(b, 69), 3);
   });
 
-  // One-byte records, the worst split a 16 KiB peek can hold (~2,700 records).
-  test("within the 16 KiB peek limit the worst record split costs under 10 ms per connection", () => {
-    expect(worstSplitMs()).toBeLessThan(10);
-  });
-
+  // One-byte records, the worst split a 16 KiB peek can hold (~2,700 records): a hang guard, not a speed target
+  // (the linearity ratio above is what fails when the walk turns quadratic again).
   test("within the 16 KiB peek limit the worst record split stays under 500 ms per connection (regression guard)", () => {
     expect(worstSplitMs()).toBeLessThan(500);
   });
