@@ -9,7 +9,7 @@
  */
 import { isIP } from "node:net";
 import { z } from "zod";
-import { compileTrustedProxies } from "../net/client-address.ts";
+import { canonicalIp, compileTrustedProxies } from "../net/client-address.ts";
 
 // ── value formats ────────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -270,6 +270,21 @@ const cm = section("cm", {
   idleTimeoutSeconds: int(60, 1, 3600, "Idle keep-alive connections are closed after this."),
   maxConnections: int(20000, 1, 1000000, "Client connections open at once on the HTTPS listeners."),
   agentTimeoutSeconds: int(20, 1, 300, "Longest wait for an agent's launch-session answer."),
+  // PROXY protocol (issue 19): an L4 balancer passing TLS through names the client in a header.
+  proxyProtocolFrom: doc(
+    stringList(z.string({ error: MSG.string }))
+      .superRefine((list, ctx) => {
+        try {
+          compileTrustedProxies(list);
+        } catch (e) {
+          ctx.addIssue({ code: "custom", message: (e as Error).message.replace("trusted proxy", "entry") });
+        }
+      })
+      .default([]),
+    "Balancers that must start each connection on listen and redirectListen with a PROXY protocol header " +
+      "(v1 or v2) naming the client; no other peer may send one. [] = no PROXY protocol.",
+    'IPs or CIDRs, e.g. "10.0.0.5"',
+  ),
   throttle,
 });
 
@@ -558,6 +573,25 @@ function crossChecks(c: Config, ctx: z.RefinementCtx): void {
         `must be set when admin.listen (${c.admin.listen}) is not a loopback address: /sessions lists users ` +
           "and client IPs, and drain stops the service; set a long random token",
       );
+  }
+
+  // The SG address handed to clients must be this node's own: a balancer's address there sends media to the
+  // balancer (or to another node), whose SG has no admission for it.
+  for (const [key, list] of [
+    ["trustedProxies", c.trustedProxies],
+    ["cm.proxyProtocolFrom", c.cm.proxyProtocolFrom],
+  ] as const) {
+    const balancers = new Set(
+      list.filter((e) => !e.includes("/") || /\/(32|128)$/.test(e)).map((e) => canonicalIp(e.split("/")[0]!)),
+    );
+    c.externalPcoipIp.forEach((ip, i) => {
+      if (balancers.has(canonicalIp(ip)))
+        issue(
+          ["externalPcoipIp", i],
+          `${ip} is a load balancer's address (${key}): each node needs its own external PCoIP address, which ` +
+            "clients reach directly (UDP and TCP 4172 are not balanced); set this node's public IP",
+        );
+    });
   }
 
   const ids = new Set<string>();

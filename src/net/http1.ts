@@ -7,6 +7,7 @@
  * `c.env`); the `Response` is written back with canonical header spelling and chunked transfer coding.
  * Requests on one connection are handled one at a time, in order (pipelining is allowed, never parallel).
  */
+import { createSecureContext, type SecureContext } from "node:tls";
 import type { Socket, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import {
   ChunkedDecoder,
@@ -19,15 +20,19 @@ import {
   type RequestHead,
 } from "./http1-parse.ts";
 import { chunkFrame, LAST_CHUNK, plainErrorResponse, serializeHead, statusHasBody } from "./http1-write.ts";
+import { createProxiedWire, type ProxiedWire, type Wire } from "./proxy-wire.ts";
 
 export type { Http1Limits } from "./http1-parse.ts";
 export { DEFAULT_LIMITS } from "./http1-parse.ts";
 
 export interface ConnInfo {
+  /** The client: the socket's peer, or the source a PROXY header named (see `proxyProtocolFrom`). */
   readonly remoteAddress: string;
   readonly remotePort: number;
   readonly localPort: number;
   readonly tls: boolean;
+  /** The balancer the connection came through, when a PROXY header named the client. */
+  readonly proxiedBy?: string;
 }
 
 export interface Http1Tls {
@@ -56,6 +61,13 @@ export interface Http1ServerOptions {
    */
   readonly descriptors?: { tryTake(fds: number): boolean; give(fds: number): void };
   onError?(err: unknown, info: ConnInfo): void;
+  /**
+   * Peers that must start every connection with a PROXY protocol header (v1 or v2) naming the client; any other
+   * peer's header is refused. Unset or empty: no PROXY protocol (the listener uses Bun's native TLS).
+   */
+  readonly proxyProtocolFrom?: { has(ip: string): boolean; readonly size: number };
+  /** A connection closed for a protocol error before any HTTP byte (PROXY header missing, bad or forbidden). */
+  onRefused?(reason: string, info: ConnInfo): void;
 }
 
 export interface Http1Server {
@@ -75,7 +87,9 @@ export interface Http1Server {
 type Phase = "head" | "body" | "handling" | "closed";
 
 interface Conn {
-  socket: Socket<Conn>;
+  socket: Wire;
+  /** Set on PROXY-protocol listeners: the wire that reads the header (and runs TLS) in front of the parser. */
+  proxied?: ProxiedWire;
   info: ConnInfo;
   phase: Phase;
   /** TLS handshake done (always true on plain listeners). */
@@ -354,6 +368,59 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     return true;
   };
 
+  const proxyFrom =
+    opts.proxyProtocolFrom && opts.proxyProtocolFrom.size > 0 ? opts.proxyProtocolFrom : undefined;
+  /** PROXY listeners accept plain TCP and run TLS per connection (proxy-wire.ts) with this context. */
+  let proxyTls = proxyFrom && opts.tls ? secureContextFor(opts.tls) : undefined;
+
+  const secured = (c: Conn, success: boolean): void => {
+    // A failed handshake (TLS garbage, a scanner) is closed by Bun; mark it so close() does not wait on it.
+    c.secured = success;
+    if (success && c.phase === "head") startHeadTimer(c);
+  };
+
+  const received = (c: Conn, chunk: Buffer): void => {
+    if (c.phase === "closed") return;
+    if (c.phase === "head" && c.buf.length === 0 && c.served > 0) startHeadTimer(c);
+    append(c, chunk);
+    // While a request is being handled, bytes of the next (pipelined) one wait here, within the limits.
+    if (
+      c.phase === "handling" &&
+      c.buf.length > limits.maxRequestLineBytes + limits.maxHeaderBytes + limits.maxBodyBytes
+    ) {
+      refuseAndClose(c, { status: 431, reason: "too much pipelined data" });
+      return;
+    }
+    advance(c);
+  };
+
+  /** The PROXY-protocol hook: the header (or its absence) is read before any HTTP or TLS byte. */
+  const proxiedWire = (c: Conn, socket: Socket<Conn>, from: NonNullable<typeof proxyFrom>): ProxiedWire =>
+    createProxiedWire(socket as Socket<unknown>, {
+      expectHeader: from.has(socket.remoteAddress),
+      tls: proxyTls,
+      events: {
+        secured: (ok) => secured(c, ok),
+        addressed: (source) => {
+          c.info = {
+            ...c.info,
+            remoteAddress: source.address,
+            remotePort: source.port,
+            proxiedBy: socket.remoteAddress,
+          };
+        },
+        data: (chunk) => received(c, chunk),
+        drain: () => flush(c),
+        refused: (reason) => {
+          opts.onRefused?.(reason, c.info);
+          c.phase = "closed";
+          if (c.timer) clearTimeout(c.timer);
+          if (open.delete(c)) giveFd(c);
+        },
+        error: (err) => opts.onError?.(err, c.info),
+      },
+    });
+
   const handler = {
     open(socket: Socket<Conn>) {
       const c: Conn = {
@@ -386,6 +453,10 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       c.holdsFd = descriptors !== undefined;
       open.add(c);
       socket.setNoDelay(true);
+      if (proxyFrom) {
+        c.proxied = proxiedWire(c, socket, proxyFrom);
+        c.socket = c.proxied;
+      }
       // TLS: the handshake gets its own headerTimeout, and the head its own once the handshake is done. A busy
       // node queues handshakes; counting that wait against the head would cut clients for the node's own delay.
       if (isTls) arm(c, limits.headerTimeoutMs, () => c.phase === "head" && !c.secured && close(c));
@@ -393,33 +464,23 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     },
     handshake(socket: Socket<Conn>, success: boolean) {
       const c = socket.data;
-      if (!c) return;
-      // A failed handshake (TLS garbage, a scanner) is closed by Bun; mark it so close() does not wait on it.
-      c.secured = success;
-      if (success && c.phase === "head") startHeadTimer(c);
+      if (c) secured(c, success);
     },
     data(socket: Socket<Conn>, chunk: Buffer) {
       const c = socket.data;
       if (!c || c.phase === "closed") return;
-      if (c.phase === "head" && c.buf.length === 0 && c.served > 0) startHeadTimer(c);
-      append(c, chunk);
-      // While a request is being handled, bytes of the next (pipelined) one wait here, within the limits.
-      if (
-        c.phase === "handling" &&
-        c.buf.length > limits.maxRequestLineBytes + limits.maxHeaderBytes + limits.maxBodyBytes
-      ) {
-        refuseAndClose(c, { status: 431, reason: "too much pipelined data" });
-        return;
-      }
-      advance(c);
+      if (c.proxied) c.proxied.rawData(chunk);
+      else received(c, chunk);
     },
     drain(socket: Socket<Conn>) {
       const c = socket.data;
-      if (c) flush(c);
+      if (c?.proxied) c.proxied.rawDrain();
+      else if (c) flush(c);
     },
     close(socket: Socket<Conn>) {
       const c = socket.data;
       if (!c) return;
+      c.proxied?.rawClose();
       if (c.timer) clearTimeout(c.timer);
       c.phase = "closed";
       for (const w of c.drainWaiters.splice(0)) w();
@@ -438,7 +499,9 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       hostname: opts.hostname,
       port,
       reusePort: true,
-      ...(tls ? { tls: { ...tls, cert: tls.ca ? `${tls.cert.trimEnd()}\n${tls.ca}` : tls.cert } } : {}),
+      ...(tls && !proxyFrom
+        ? { tls: { ...tls, cert: tls.ca ? `${tls.cert.trimEnd()}\n${tls.ca}` : tls.cert } }
+        : {}),
       socket: handler,
     };
     return Bun.listen<Conn>(options);
@@ -454,6 +517,11 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       return open.size;
     },
     reloadTls(tls) {
+      if (proxyFrom) {
+        // New connections take the new context; the plain TCP listener itself does not change.
+        proxyTls = secureContextFor(tls);
+        return;
+      }
       const next = listen(tls, port);
       const old = listener;
       listener = next;
@@ -464,6 +532,22 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       if (stopOpts.closeActive) for (const c of [...open]) close(c);
     },
   };
+}
+
+/** Bun.listen's TLS options as a node:tls context, for listeners that run TLS after a PROXY header. */
+function secureContextFor(tls: Http1Tls): SecureContext {
+  const version = (v: number | undefined) =>
+    v === 0x0304 ? "TLSv1.3" : v === 0x0303 ? "TLSv1.2" : undefined;
+  const min = version(tls.minVersion);
+  const max = version(tls.maxVersion);
+  return createSecureContext({
+    cert: tls.ca ? `${tls.cert.trimEnd()}\n${tls.ca}` : tls.cert,
+    key: tls.key,
+    ...(tls.ciphers ? { ciphers: tls.ciphers } : {}),
+    ...(min ? { minVersion: min } : {}),
+    ...(max ? { maxVersion: max } : {}),
+    ...(tls.secureOptions !== undefined ? { secureOptions: tls.secureOptions } : {}),
+  });
 }
 
 /** A function, not an inline comparison: the phase changes across awaits, which TypeScript's narrowing ignores. */

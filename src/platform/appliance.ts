@@ -11,8 +11,8 @@ import { createRedirectApp } from "../cm/redirect.ts";
 import type { GatewayAdmission } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
 import { effectiveListeners, parseListen, parsePortRange } from "../config/schema.ts";
-import { ipFamily } from "../net/client-address.ts";
-import { type Http1Server, startHttp1Server } from "../net/http1.ts";
+import { compileTrustedProxies, ipFamily } from "../net/client-address.ts";
+import { type ConnInfo, type Http1Server, startHttp1Server } from "../net/http1.ts";
 import { type AdminServer, type ReadinessCheck, startAdminServer } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
@@ -80,6 +80,7 @@ const RESTART_KEYS = [
   "sg.udpIdleSeconds",
   "sg.udpRebindSeconds",
   "sg.handshakeTimeoutSeconds",
+  "cm.proxyProtocolFrom",
   "admin.listen",
   "admin.token",
   "dataDir",
@@ -188,6 +189,10 @@ export async function startAppliance(
 
   const cmServers = new Map<string, Http1Server>();
   const redirectServers = new Map<string, Http1Server>();
+  // PROXY protocol peers (a restart key: it decides whether a listener runs native TLS or TLS after a header).
+  const proxyProtocolFrom = compileTrustedProxies(config.cm.proxyProtocolFrom);
+  const proxyRefusals = refusalLog(log);
+  const onProxyRefused = (reason: string, info: ConnInfo) => proxyRefusals.log(info.remoteAddress, reason);
   const frontDoorLimits = (c: Readonly<Config>) => ({
     maxBodyBytes: c.cm.bodyLimitBytes,
     headerTimeoutMs: c.cm.headerTimeoutSeconds * 1000,
@@ -204,6 +209,8 @@ export async function startAppliance(
         limits: frontDoorLimits(current),
         maxConnections: current.cm.maxConnections,
         descriptors: limits,
+        proxyProtocolFrom,
+        onRefused: onProxyRefused,
         onError: (err) => log.error({ err: String(err) }, "front door: request handler failed"),
       });
       cmServers.set(entry, s);
@@ -225,6 +232,8 @@ export async function startAppliance(
           limits: frontDoorLimits(current),
           maxConnections: current.cm.maxConnections,
           descriptors: limits,
+          proxyProtocolFrom,
+          onRefused: onProxyRefused,
         }),
       );
       return undefined;
@@ -438,6 +447,29 @@ export function externalAddressFor(
   const same = external.find((ip) => isIP(ip) === fam);
   const any = same ?? external[0];
   return any ? { ip: any, port } : undefined;
+}
+
+/**
+ * Front-door connections refused before any HTTP byte (PROXY header missing, malformed or from a peer not in
+ * cm.proxyProtocolFrom): one warning per peer and reason per minute, so a misconfigured balancer is named in the
+ * log without a line per health check.
+ */
+function refusalLog(log: Logger) {
+  const last = new Map<string, number>();
+  return {
+    log(peer: string, reason: string) {
+      const key = `${peer} ${reason}`;
+      const now = Date.now();
+      if ((last.get(key) ?? 0) > now - 60_000) return;
+      if (last.size > 1000) last.clear();
+      last.set(key, now);
+      log.warn(
+        { peer, reason },
+        `front door: connection from ${peer} refused: ${reason}; fix: list the balancer's address in ` +
+          "cm.proxyProtocolFrom and send the header from it (HAProxy: send-proxy-v2), or from nowhere else",
+      );
+    },
+  };
 }
 
 function listenAddresses(list: readonly string[]) {

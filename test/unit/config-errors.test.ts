@@ -362,3 +362,24 @@ describe("the file itself", () => {
     ]);
   });
 });
+
+describe("several nodes behind a balancer", () => {
+  test("externalPcoipIp equal to a trustedProxies / proxyProtocolFrom address is refused, naming both", () => {
+    const l7 = errorsOf('externalPcoipIp = ["198.18.0.10"]\ntrustedProxies = ["198.18.0.10"]\n');
+    expect(l7).toHaveLength(1);
+    expect(l7[0]).toContain("externalPcoipIp");
+    expect(l7[0]).toContain("198.18.0.10 is a load balancer's address (trustedProxies)");
+    const l4 = errorsOf('externalPcoipIp = ["198.18.0.10"]\n[cm]\nproxyProtocolFrom = ["198.18.0.10/32"]\n');
+    expect(l4[0]).toContain("(cm.proxyProtocolFrom)");
+    // A node's own address inside a balancer subnet is fine: only the balancer's exact address is refused.
+    expect(
+      errorsOf('externalPcoipIp = ["198.18.0.11"]\n[cm]\nproxyProtocolFrom = ["198.18.0.0/24"]\n'),
+    ).toEqual([]);
+  });
+
+  test("proxyProtocolFrom entries must be IPs or CIDRs", () => {
+    const e = errorsOf('[cm]\nproxyProtocolFrom = ["balancer.example"]\n');
+    expect(e[0]).toContain("cm.proxyProtocolFrom");
+    expect(e[0]).toContain("not an IP address or CIDR");
+  });
+});
