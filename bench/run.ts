@@ -25,6 +25,11 @@ export const BENCHMARKS: readonly { readonly file: string; readonly figure: stri
     file: "cm-establishment.ts",
     figure: "CM establishment (hello→bye, upstreams at 50 ms) vs direct to broker",
   },
+  {
+    file: "cm-logins.ts",
+    figure:
+      "CM full logins (new TLS connection each, built-in broker, agent 0/50 ms) vs nginx full handshakes; RSA-3072, RSA-2048, P-256",
+  },
   { file: "cm-connections.ts", figure: "CM idle keep-alive TLS connections vs nginx TLS termination" },
   { file: "footprint.ts", figure: "Footprint: start-up to ready, idle RSS, binary and bundle size vs nginx" },
   { file: "xml-parse.ts", figure: "XML parse and build per document vs fast-xml-parser defaults" },

@@ -28,6 +28,8 @@ export interface ApplianceOptions {
   /** Extra keys of the [cm] and [sg] tables (numbers and strings, written as TOML values). */
   readonly cm?: Readonly<Record<string, number | string>>;
   readonly sg?: Readonly<Record<string, number | string>>;
+  /** TOML appended as is (e.g. an [ldap] table and [[desktops]] for the built-in broker). */
+  readonly extraToml?: string;
   /** Default "info", as installed (the listener lines that give the ports are info). */
   readonly logLevel?: "info" | "debug";
   /** argv prefix, e.g. ["prlimit", "--nofile=40000:40000", "--"] to raise the descriptor limit. */
@@ -70,6 +72,7 @@ export async function writeApplianceConfig(o: ApplianceOptions, adminPort: numbe
     "",
     table("admin", { listen: `127.0.0.1:${adminPort}` }),
     "",
+    o.extraToml ?? "",
   ]
     .join("\n")
     // Listener lists are TOML arrays; table() writes scalars only.

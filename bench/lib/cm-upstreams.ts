@@ -33,13 +33,19 @@ import {
 import type { Target } from "../../src/protocol/types.ts";
 import { startFakeAgent } from "../../test/peers/fake-agent.ts";
 
-export const AGENT_HOST = "127.0.0.77";
+const { values } = parseArgs({
+  options: {
+    role: { type: "string" },
+    cert: { type: "string" },
+    key: { type: "string" },
+    "agent-host": { type: "string" },
+  },
+});
+/** `--agent-host` lets two fake agents (say, with different think times) run side by side. */
+export const AGENT_HOST = values["agent-host"] ?? "127.0.0.77";
 export const AGENT_PORT = 60443;
 const DELAY_MS = Number(process.env.BENCH_CM_UPSTREAM_MS ?? 50);
 
-const { values } = parseArgs({
-  options: { role: { type: "string" }, cert: { type: "string" }, key: { type: "string" } },
-});
 const PRODUCT = {
   productName: "bench-broker",
   productVersion: "1.0",

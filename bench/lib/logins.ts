@@ -12,6 +12,10 @@ import type { Socket } from "bun";
 export interface LoginTarget {
   readonly port: number;
   readonly ca: string;
+  /** Who signs in (default bench / bench in domain bench.test) and which desktop is allocated (default "0"). */
+  readonly user?: string;
+  readonly password?: string;
+  readonly resourceId?: string;
 }
 
 const doc = (inner: string) =>
@@ -23,31 +27,46 @@ export const HELLO_DOCUMENT = doc(
   `<hello>${CLIENT_INFO}<caps><cap>CAP_NO_AUTHENTICATION</cap></caps><server-address><ip-address>127.0.0.1</ip-address><hostname>localhost</hostname></server-address></hello>`,
 );
 /** [step, body, what the answer must contain]. */
-const STEPS: readonly (readonly [string, string, string])[] = [
-  ["hello", HELLO_DOCUMENT, "<hello-resp"],
-  [
-    "authenticate",
-    doc(
-      "<authenticate method='password'><username>bench</username><password>bench</password><domain>bench.test</domain></authenticate>",
-    ),
-    "<result-id>AUTH_SUCCESSFUL",
-  ],
-  [
-    "get-resource-list",
-    doc(
-      "<get-resource-list><protocols><protocol>PCOIP</protocol></protocols><resource-types><resource-type>DESKTOP</resource-type></resource-types></get-resource-list>",
-    ),
-    "<result-id>LIST_SUCCESSFUL",
-  ],
-  [
-    "allocate-resource",
-    doc(
-      "<allocate-resource><resource-id>0</resource-id><protocol>PCOIP</protocol><client-info><ip-address>192.168.1.23</ip-address><mac-address>02:42:ac:11:00:02</mac-address></client-info></allocate-resource>",
-    ),
-    "<result-id>ALLOC_SUCCESSFUL",
-  ],
-  ["bye", doc("<bye/>"), "bye-resp"],
-];
+type Step = readonly [string, string, string];
+
+const stepsCache = new Map<string, readonly Step[]>();
+
+/** The five requests of a login of `t`'s user on `t`'s desktop (built once per user and desktop). */
+function stepsFor(t: LoginTarget): readonly Step[] {
+  const user = t.user ?? "bench";
+  const password = t.password ?? "bench";
+  const resourceId = t.resourceId ?? "0";
+  const key = `${user}\n${password}\n${resourceId}`;
+  const hit = stepsCache.get(key);
+  if (hit) return hit;
+  const steps: readonly Step[] = [
+    ["hello", HELLO_DOCUMENT, "<hello-resp"],
+    [
+      "authenticate",
+      doc(
+        `<authenticate method='password'><username>${user}</username><password>${password}</password><domain>bench.test</domain></authenticate>`,
+      ),
+      "<result-id>AUTH_SUCCESSFUL",
+    ],
+    [
+      "get-resource-list",
+      doc(
+        "<get-resource-list><protocols><protocol>PCOIP</protocol></protocols><resource-types><resource-type>DESKTOP</resource-type></resource-types></get-resource-list>",
+      ),
+      "<result-id>LIST_SUCCESSFUL",
+    ],
+    [
+      "allocate-resource",
+      doc(
+        `<allocate-resource><resource-id>${resourceId}</resource-id><protocol>PCOIP</protocol><client-info><ip-address>192.168.1.23</ip-address><mac-address>02:42:ac:11:00:02</mac-address></client-info></allocate-resource>`,
+      ),
+      "<result-id>ALLOC_SUCCESSFUL",
+    ],
+    ["bye", doc("<bye/>"), "bye-resp"],
+  ];
+  stepsCache.set(key, steps);
+  return steps;
+}
 
 function request(port: number, body: string, cookie: string | undefined): string {
   return [
@@ -101,7 +120,8 @@ export function login(t: LoginTarget): Promise<number> {
       else done.resolve(performance.now() - conv.t0);
     },
   };
-  const send = (s: Socket<Conversation>) => s.write(request(t.port, STEPS[conv.step]![1], conv.cookie));
+  const steps = stepsFor(t);
+  const send = (s: Socket<Conversation>) => s.write(request(t.port, steps[conv.step]![1], conv.cookie));
   Bun.connect<Conversation>({
     hostname: "127.0.0.1",
     port: t.port,
@@ -120,7 +140,7 @@ export function login(t: LoginTarget): Promise<number> {
         if (end < 0) return;
         const answer = conv.text.slice(0, end);
         conv.text = conv.text.slice(end);
-        const [name, , expect] = STEPS[conv.step]!;
+        const [name, , expect] = steps[conv.step]!;
         const cookie = /\r\nSet-Cookie: JSESSIONID=([^;\r]*)/.exec(answer);
         if (cookie) conv.cookie = cookie[1];
         if (!answer.startsWith("HTTP/1.1 200") || !answer.includes(expect)) {
@@ -130,17 +150,17 @@ export function login(t: LoginTarget): Promise<number> {
           return;
         }
         conv.step++;
-        if (conv.step < STEPS.length) send(s);
+        if (conv.step < steps.length) send(s);
         else {
           conv.settle(undefined);
           s.end();
         }
       },
       close() {
-        conv.settle(new Error(`${STEPS[conv.step]?.[0] ?? "after bye"}: connection closed`));
+        conv.settle(new Error(`${steps[conv.step]?.[0] ?? "after bye"}: connection closed`));
       },
       error(_s, err) {
-        conv.settle(new Error(`${STEPS[conv.step]?.[0]}: ${err.message}`));
+        conv.settle(new Error(`${steps[conv.step]?.[0]}: ${err.message}`));
       },
       connectError(_s, err) {
         conv.settle(new Error(`connect: ${err.message}`));
