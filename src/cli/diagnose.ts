@@ -56,7 +56,7 @@ import { type FlagSpec, flagBool, flagList, flagString, formatFlags, parseArgs }
 import { parseEnvFile } from "./configure.ts";
 import { firewallPorts, listeners, SOCKET_BUFFER_BYTES } from "./install.ts";
 import type { CliIo, CommandMain } from "./io.ts";
-import { adminRequest, parseHttpResponse } from "./status.ts";
+import { adminEndpointFor, adminRequest, parseHttpResponse } from "./status.ts";
 
 export type Verdict = "PASS" | "WARN" | "FAIL" | "INFO";
 
@@ -436,7 +436,7 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
   }
   if (config?.admin.listen) {
     const health = await adminRequest(
-      { listen: config.admin.listen, token: config.admin.token },
+      adminEndpointFor(config.admin, layout.onDisk),
       "GET",
       "/readyz",
       o.timeoutMs,
@@ -457,7 +457,7 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
         running ? "FAIL" : "INFO",
         "readiness",
         `admin listener ${config.admin.listen}: ${health.cause}`,
-        running ? "check admin.listen and admin.token" : undefined,
+        running ? "check admin.listen" : undefined,
       );
   }
 
@@ -837,6 +837,8 @@ function knownSecrets(
 ): string[] {
   const out: string[] = [];
   if (config?.admin.token) out.push(config.admin.token);
+  const fileToken = config ? adminEndpointFor(config.admin, layout.onDisk).token : "";
+  if (fileToken) out.push(fileToken);
   for (const [k, v] of Object.entries(proxyEnv))
     if ((SECRET_KEY.test(k) || /USERNAME/i.test(k)) && v) out.push(v);
   const proxyUrl = proxyEnv.HTTPS_PROXY ?? proxyEnv.https_proxy;

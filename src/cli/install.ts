@@ -15,6 +15,7 @@ import { isIP } from "node:net";
 import { dirname, join } from "node:path";
 import { loadConfig } from "../config/load.ts";
 import { type Config, effectiveListeners, parseListen } from "../config/schema.ts";
+import { ensureAdminTokenFile } from "../observability/admin-token.ts";
 import {
   type CommandRunner,
   commandLine,
@@ -69,6 +70,7 @@ import {
 import type { CliIo, CommandMain } from "./io.ts";
 import {
   type AdminEndpoint,
+  adminEndpointFor,
   adminRequest,
   type InstallRecord,
   liveSessions,
@@ -471,6 +473,8 @@ async function carryOut(c: CarryOut): Promise<number> {
   // 2. Configuration, certificates, users file, proxy settings.
   const applied = applyConfiguration(c.plan, layout, owner, report);
   if (!applied.ok) return stop(io, applied.problem!);
+  const token = ensureInstalledAdminToken(c.config.admin, layout, owner, report);
+  if (token) return stop(io, token);
   if (c.configOnly || !c.source) {
     report.note("--config-only: executable, unit, firewall and service left as they are");
     return finish(io, problems, layout);
@@ -497,7 +501,7 @@ async function carryOut(c: CarryOut): Promise<number> {
       );
     else
       await drainForUpgrade(
-        { listen: c.config.admin.listen, token: c.config.admin.token },
+        adminEndpointFor(c.config.admin, layout.onDisk),
         { timeoutSeconds: c.drainTimeout, force: c.force, sleep: deps.sleep },
         report,
       );
@@ -611,11 +615,7 @@ async function carryOut(c: CarryOut): Promise<number> {
     `see why: journalctl -u ${SERVICE_NAME} -n 50 --no-pager; check the config: ${h.binary} config check --config ${h.configFile}`,
   );
   if (started && !layout.staged) {
-    const health = await adminRequest(
-      { listen: c.config.admin.listen, token: c.config.admin.token },
-      "GET",
-      "/healthz",
-    );
+    const health = await adminRequest(adminEndpointFor(c.config.admin, layout.onDisk), "GET", "/healthz");
     if (health.ok && health.status === 200)
       report.done(`${SERVICE_NAME} answers on its admin listener (${c.config.admin.listen})`);
     else
@@ -624,6 +624,25 @@ async function carryOut(c: CarryOut): Promise<number> {
       );
   }
   return finish(io, problems, layout);
+}
+
+/** admin.tokenFile, created 0600 and owned by the service account unless it holds a token already. */
+function ensureInstalledAdminToken(
+  admin: Readonly<Config>["admin"],
+  layout: InstallLayout,
+  owner: Ownership | undefined,
+  report: Reporter,
+): Problem | undefined {
+  if (admin.tokenFile === "" || admin.token !== "") return undefined;
+  try {
+    const r = ensureAdminTokenFile(layout.onDisk(admin.tokenFile), owner);
+    report[r.created ? "done" : "note"](
+      `${r.created ? "created" : "kept"} the admin token ${admin.tokenFile} (0600; status, drain and resume read it)`,
+    );
+    return undefined;
+  } catch (e) {
+    return fsProblem(`creating the admin token ${admin.tokenFile}`, e);
+  }
 }
 
 function sysctlText(rmem: number, wmem: number): string {

@@ -87,7 +87,7 @@ export async function runCommand(argv: string[], io: CliIo): Promise<number> {
     log.error({ what, cause, fix }, `start-up failed: ${what}: ${cause}`);
     io.stderr(`pcoip-cmsg run: ${what}: ${cause}\n  fix: ${fix}\n`);
     notifier.status(`start-up failed: ${what}: ${cause}`);
-    return 1;
+    return started.error.config ? 78 : 1; // EX_CONFIG: the file must change first
   }
   const appliance = started.appliance;
   logListeners(appliance, log);

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { loadConfig } from "../config/load.ts";
 import { parseListen } from "../config/schema.ts";
+import { adminTokenOf } from "../observability/admin-token.ts";
 import { type CommandRunner, runCommand, systemdRunning } from "../platform/host.ts";
 import { installLayout, SERVICE_NAME } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
@@ -18,7 +19,24 @@ import type { CliIo, CommandMain } from "./io.ts";
 export interface AdminEndpoint {
   /** admin.listen: "127.0.0.1:8099"; a wildcard address is reached through loopback. */
   readonly listen: string;
+  /** The bearer token ("" = none: /sessions and POST calls will be refused, see `tokenProblem`). */
   readonly token: string;
+  /** Why there is no token (the token file is missing or unreadable), for the CLI's messages. */
+  readonly tokenProblem?: string;
+}
+
+/**
+ * The admin endpoint of a parsed config: its listener and the token of admin.tokenFile (or admin.token), read
+ * where this process sees the file (`onDisk`: under --root DIR for a staged layout).
+ */
+export function adminEndpointFor(
+  admin: { readonly listen: string; readonly token: string; readonly tokenFile: string },
+  onDisk: (hostPath: string) => string = (p) => p,
+): AdminEndpoint {
+  const t = adminTokenOf(admin, onDisk);
+  return t.ok
+    ? { listen: admin.listen, token: t.token }
+    : { listen: admin.listen, token: "", tokenProblem: t.cause };
 }
 
 export type AdminAnswer =
@@ -107,7 +125,11 @@ export async function liveSessions(
   const r = await adminRequest(admin, "GET", "/sessions");
   if (!r.ok) return { count: 0, reachable: false, cause: r.cause };
   if (r.status !== 200)
-    return { count: 0, reachable: false, cause: `GET /sessions answered HTTP ${r.status}` };
+    return {
+      count: 0,
+      reachable: false,
+      cause: `GET /sessions answered HTTP ${r.status}${r.status === 401 && admin.tokenProblem ? ` (no admin token: ${admin.tokenProblem})` : ""}`,
+    };
   try {
     const list = JSON.parse(r.body) as unknown;
     return { count: Array.isArray(list) ? list.length : 0, reachable: true };
@@ -120,7 +142,7 @@ export async function liveSessions(
 export function adminEndpointOf(configFile: string): AdminEndpoint {
   const r = loadConfig({ file: configFile, strict: false });
   if (!r.ok) return { listen: "127.0.0.1:8099", token: "" };
-  return { listen: r.config.admin.listen, token: r.config.admin.token };
+  return adminEndpointFor(r.config.admin);
 }
 
 export interface InstallRecord {
@@ -209,7 +231,7 @@ export async function runStatus(argv: string[], io: CliIo, deps: StatusDeps): Pr
   }
   if (layout.staged) return 3;
   const admin: AdminEndpoint = cfg.ok
-    ? { listen: cfg.config.admin.listen, token: cfg.config.admin.token }
+    ? adminEndpointFor(cfg.config.admin, layout.onDisk)
     : adminEndpointOf(d.configFile);
   const health = await adminRequest(admin, "GET", "/healthz");
   if (!health.ok) {
@@ -220,6 +242,6 @@ export async function runStatus(argv: string[], io: CliIo, deps: StatusDeps): Pr
   const ready = await adminRequest(admin, "GET", "/readyz");
   if (ready.ok) line("ready", ready.body.trim().split("\n").join("; "));
   const sessions = await liveSessions(admin);
-  if (sessions.reachable) line("sessions", `${sessions.count} live`);
+  line("sessions", sessions.reachable ? `${sessions.count} live` : `not shown: ${sessions.cause}`);
   return 0;
 }

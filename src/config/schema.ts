@@ -410,9 +410,14 @@ const admin = section("admin", {
     'Admin HTTP listener: /healthz, /readyz, /metrics, /sessions, drain. "" disables.',
     '"host:port", "[ipv6]:port" or ""',
   ),
+  tokenFile: str(
+    "/etc/pcoip-cmsg/admin.token",
+    "File holding the bearer token (first line; mode 0600; made by install) that /sessions and every " +
+      "state-changing call (POST /drain, /resume) need; the CLI reads it too. Required off loopback.",
+  ),
   token: str(
     "",
-    "Bearer token the admin listener requires; mandatory when listen is not a loopback address.",
+    "Inline bearer token; overrides tokenFile (prefer the file: the config is widely readable).",
   ),
 });
 
@@ -567,11 +572,11 @@ function crossChecks(c: Config, ctx: z.RefinementCtx): void {
 
   if (c.admin.listen !== "") {
     const a = parseListen(c.admin.listen);
-    if (a && !isLoopbackHost(a.hostname) && c.admin.token === "")
+    if (a && !isLoopbackHost(a.hostname) && c.admin.token === "" && c.admin.tokenFile === "")
       issue(
-        ["admin", "token"],
+        ["admin", "tokenFile"],
         `must be set when admin.listen (${c.admin.listen}) is not a loopback address: /sessions lists users ` +
-          "and client IPs, and drain stops the service; set a long random token",
+          "and client IPs, and drain stops the service; name a file holding a long random token",
       );
   }
 

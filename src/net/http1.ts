@@ -30,6 +30,8 @@ export interface ConnInfo {
   readonly remoteAddress: string;
   readonly remotePort: number;
   readonly localPort: number;
+  /** The address the connection came in on (a wildcard listener's redirect names it). */
+  readonly localAddress?: string;
   readonly tls: boolean;
   /** The balancer the connection came through, when a PROXY header named the client. */
   readonly proxiedBy?: string;
@@ -429,6 +431,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
           remoteAddress: socket.remoteAddress,
           remotePort: socket.remotePort,
           localPort: socket.localPort,
+          localAddress: socket.localAddress,
           tls: isTls,
         },
         phase: "head",

@@ -10,9 +10,10 @@ import { isIP } from "node:net";
 import { createRedirectApp } from "../cm/redirect.ts";
 import type { GatewayAdmission } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
-import { effectiveListeners, parseListen, parsePortRange } from "../config/schema.ts";
+import { effectiveListeners, isLoopbackHost, parseListen, parsePortRange } from "../config/schema.ts";
 import { compileTrustedProxies, ipFamily } from "../net/client-address.ts";
 import { type ConnInfo, type Http1Server, startHttp1Server } from "../net/http1.ts";
+import { adminTokenOf } from "../observability/admin-token.ts";
 import { type AdminServer, type ReadinessCheck, startAdminServer } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
@@ -36,6 +37,8 @@ export interface Problem {
   readonly what: string;
   readonly cause: string;
   readonly fix: string;
+  /** The configuration cannot work as written (`run` exits 78, EX_CONFIG). */
+  readonly config?: boolean;
 }
 
 export type ReloadOutcome =
@@ -83,6 +86,7 @@ const RESTART_KEYS = [
   "cm.proxyProtocolFrom",
   "admin.listen",
   "admin.token",
+  "admin.tokenFile",
   "dataDir",
 ] as const;
 
@@ -221,14 +225,21 @@ export async function startAppliance(
   };
   const openRedirect = (entry: string, httpsPort: number): Problem | undefined => {
     const a = parseListen(entry)!;
-    const app = createRedirectApp({ httpsPort, ready: () => !draining && cm.brokerReachable() });
+    const app = createRedirectApp({
+      httpsPort,
+      ready: () => !draining && cm.brokerReachable(),
+      get hostAddress() {
+        return current.hostAddress; // a reload's hostAddress applies to the next redirect
+      },
+      httpsHost: parseListen(effectiveListeners(current.cm.listen, current.enableIpv6)[0] ?? "")?.hostname,
+    });
     try {
       redirectServers.set(
         entry,
         startHttp1Server({
           hostname: a.hostname,
           port: a.port,
-          fetch: (req) => app.fetch(req),
+          fetch: (req, info) => app.fetch(req, info),
           limits: frontDoorLimits(current),
           maxConnections: current.cm.maxConnections,
           descriptors: limits,
@@ -261,6 +272,14 @@ export async function startAppliance(
   let admin: AdminServer | undefined;
   if (config.admin.listen !== "") {
     const a = parseListen(config.admin.listen)!;
+    const t = adminTokenOf(config.admin);
+    if (!t.ok && !isLoopbackHost(a.hostname))
+      return fail({
+        what: `admin.listen ${config.admin.listen}`,
+        cause: `off loopback the admin listener needs its bearer token, and there is none (${t.cause})`,
+        fix: "create admin.tokenFile (pcoip-cmsg install does: 64 random hex digits, mode 0600, owned by the service account)",
+        config: true,
+      });
     metrics.add({
       name: "pcoip_build_info",
       help: "Build information.",
@@ -277,7 +296,8 @@ export async function startAppliance(
       admin = startAdminServer({
         hostname: a.hostname,
         port: a.port,
-        ...(config.admin.token ? { token: config.admin.token } : {}),
+        token: () => adminTokenOf(config.admin),
+        log,
         metrics,
         readiness: async () => readiness(),
         sessions: () => sessionsView(),
@@ -287,6 +307,11 @@ export async function startAppliance(
         },
       });
       stops.push(() => admin?.stop());
+      if (!t.ok)
+        log.warn(
+          { cause: t.cause },
+          `admin: no bearer token (${t.cause}): /sessions and POST /drain answer 503 until admin.tokenFile exists; fix: pcoip-cmsg install creates it (0600), or write 64 random hex digits into it`,
+        );
     } catch (e) {
       return fail(listenProblem("admin.listen", config.admin.listen, e));
     }

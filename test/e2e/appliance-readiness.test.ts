@@ -2,7 +2,7 @@
 // the broker answers, and within ~10 s of the broker going down answers 503 with a line `FAIL broker: …` naming the
 // broker URL and the cause, while GET /pcoip-broker/xml (on the CM and on the plain-HTTP health listener) answers
 // 503; it comes back when the broker does. Off loopback, the admin listener refuses to start without a token and
-// refuses every request without it.
+// refuses /sessions and drain without it (health, readiness and metrics stay open for the load balancer).
 import { afterEach, describe, expect, test } from "bun:test";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
 import { cmGet, until } from "../peers/appliance-session.ts";
@@ -131,29 +131,32 @@ describe("readiness follows the upstream broker", () => {
 });
 
 describe("the admin listener off loopback", () => {
-  test("without admin.token the process refuses to start, naming the key", async () => {
-    app = await startApplianceProcess({ env: { PCOIP_CMSG_ADMIN_LISTEN: "0.0.0.0:0" }, waitReady: false });
+  test("without a token file the process refuses to start, naming the key", async () => {
+    app = await startApplianceProcess({
+      env: { PCOIP_CMSG_ADMIN_LISTEN: "0.0.0.0:0", PCOIP_CMSG_ADMIN_TOKENFILE: "/nonexistent/admin.token" },
+      waitReady: false,
+    });
     const code = await Promise.race([app.exited, Bun.sleep(15_000).then(() => -1)]);
     expect(code).toBe(78); // EX_CONFIG
-    expect(app.stderr()).toContain("admin.token");
+    expect(app.stderr()).toContain("admin.tokenFile");
   });
 
-  test("with admin.token every endpoint needs the bearer token", async () => {
+  test("with admin.token, sessions and drain need the bearer token; health, readiness and metrics stay open", async () => {
     const token = "op-test-token-0123456789abcdef";
     app = await startApplianceProcess({
       env: { PCOIP_CMSG_ADMIN_LISTEN: "0.0.0.0:0", PCOIP_CMSG_ADMIN_TOKEN: token },
     });
     const port = Number(app.admin.slice(app.admin.lastIndexOf(":") + 1));
     const base = `http://127.0.0.1:${port}`;
-    for (const path of ["/healthz", "/readyz", "/metrics", "/sessions"]) {
-      const none = await fetch(`${base}${path}`);
-      expect({ path, status: none.status }).toEqual({ path, status: 401 });
-      expect(none.headers.get("www-authenticate")).toMatch(/^Bearer/);
-      const bad = await fetch(`${base}${path}`, { headers: { Authorization: `Bearer ${token}x` } });
-      expect({ path, status: bad.status }).toEqual({ path, status: 401 });
-      const good = await fetch(`${base}${path}`, { headers: { Authorization: `Bearer ${token}` } });
-      expect({ path, status: good.status }).toEqual({ path, status: 200 });
-    }
+    for (const path of ["/healthz", "/readyz", "/metrics"])
+      expect({ path, status: (await fetch(`${base}${path}`)).status }).toEqual({ path, status: 200 });
+    const none = await fetch(`${base}/sessions`);
+    expect(none.status).toBe(401);
+    expect(none.headers.get("www-authenticate")).toMatch(/^Bearer/);
+    const bad = await fetch(`${base}/sessions`, { headers: { Authorization: `Bearer ${token}x` } });
+    expect(bad.status).toBe(401);
+    const good = await fetch(`${base}/sessions`, { headers: { Authorization: `Bearer ${token}` } });
+    expect(good.status).toBe(200);
     const drain = await fetch(`${base}/drain`, { method: "POST" });
     expect(drain.status).toBe(401);
     expect((await cmGet(app, "/pcoip-broker/xml")).status).toBe(200); // not drained by the refused request

@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
+import { ensureAdminTokenFile, readAdminTokenFile } from "../../src/observability/admin-token.ts";
 import { cleanEnv } from "./run-command.ts";
 import { testPki } from "./test-certs.ts";
 
@@ -74,8 +75,12 @@ export interface ApplianceProcess {
   kill(): Promise<void>;
   /** Removes the folder (after the process ended). */
   cleanup(): void;
-  /** Admin GET on the bound admin listener. */
+  /** The bearer token of the admin listener (admin.tokenFile in the folder). */
+  readonly adminToken: string;
+  /** Admin GET on the bound admin listener, with the bearer token. */
   adminGet(path: string): Promise<Response>;
+  /** Admin POST (drain, resume) with the bearer token. */
+  adminPost(path: string): Promise<Response>;
 }
 
 /** The config text for `o`, with every listener on port 0 and TLS from the test PKI. */
@@ -115,6 +120,7 @@ udpListen = ["127.0.0.1:0"]
 
 [admin]
 listen = "127.0.0.1:0"
+tokenFile = "${join(dir, "admin.token")}"
 ${desktop}
 ${o.tables ?? ""}
 `;
@@ -125,6 +131,8 @@ export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Pr
   const configFile = join(dir, "pcoip-cmsg.toml");
   let options = o;
   writeFileSync(configFile, applianceToml(dir, o));
+  ensureAdminTokenFile(join(dir, "admin.token"));
+  const adminToken = readAdminTokenFile(join(dir, "admin.token"));
   const users = o.users ?? { alice: "correct horse" };
   await writeUsersFile(
     join(dir, "users"),
@@ -286,8 +294,15 @@ export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Pr
     cleanup() {
       rmSync(dir, { recursive: true, force: true });
     },
+    adminToken: adminToken.ok ? adminToken.token : "",
     adminGet(path: string) {
-      return fetch(`http://${admin}${path}`);
+      return fetch(`http://${admin}${path}`, { headers: { Authorization: `Bearer ${app.adminToken}` } });
+    },
+    adminPost(path: string) {
+      return fetch(`http://${admin}${path}`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${app.adminToken}` },
+      });
     },
   };
   return app;

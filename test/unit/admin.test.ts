@@ -1,5 +1,6 @@
-// Claim: the admin listener answers health, readiness (naming the failing check), metrics and sessions, and
-// off loopback refuses every request without the bearer token.
+// Claim: the admin listener answers health, readiness (naming the failing check) and metrics to anyone, sessions
+// and drain only with the bearer token (503 naming the cause when the service has none), and off loopback
+// refuses to start without a token. (Foreign Host headers, token files: test/hostile/admin-api.test.ts.)
 import { afterAll, describe, expect, test } from "bun:test";
 import { isLoopback, startAdminServer } from "../../src/observability/health.ts";
 import { createMetricsRegistry } from "../../src/observability/metrics.ts";
@@ -34,16 +35,28 @@ function start(token?: string, brokerUp = true) {
 
 describe("admin listener", () => {
   test("healthz, readyz, metrics, sessions, drain", async () => {
-    const base = start();
+    const base = start("t0ken-t0ken-t0ken-t0ken");
+    const auth = { Authorization: "Bearer t0ken-t0ken-t0ken-t0ken" };
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
     expect((await fetch(`${base}/readyz`)).status).toBe(200);
     const m = await (await fetch(`${base}/metrics`)).text();
     expect(m).toContain("pcoip_test_total 7");
-    expect(await (await fetch(`${base}/sessions`)).json()).toEqual([{ sessionId: "x", user: "alice" }]);
-    expect(await (await fetch(`${base}/drain`, { method: "POST" })).json()).toEqual({
+    expect(await (await fetch(`${base}/sessions`, { headers: auth })).json()).toEqual([
+      { sessionId: "x", user: "alice" },
+    ]);
+    expect(await (await fetch(`${base}/drain`, { method: "POST", headers: auth })).json()).toEqual({
       draining: true,
       liveSessions: 1,
     });
+  });
+
+  test("without a token configured, sessions and drain answer 503 naming the cause", async () => {
+    const base = start();
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    const r = await fetch(`${base}/sessions`);
+    expect(r.status).toBe(503);
+    expect(await r.text()).toContain("admin.tokenFile");
+    expect((await fetch(`${base}/drain`, { method: "POST" })).status).toBe(503);
   });
 
   test("readyz fails with the reason when the broker is down", async () => {
@@ -76,6 +89,6 @@ describe("admin listener", () => {
         sessions: () => [],
         drain: () => ({ draining: false, liveSessions: 0 }),
       }),
-    ).toThrow(/needs admin.token/);
+    ).toThrow(/needs a token \(admin.tokenFile/);
   });
 });

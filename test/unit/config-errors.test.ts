@@ -260,10 +260,11 @@ describe("bad values (rows: file text → the one message)", () => {
 
 describe("admin token", () => {
   test("required when the admin listener is not on loopback", () => {
-    expect(errorsOf('[admin]\nlisten = "0.0.0.0:8099"\n')).toEqual([
-      'test.toml:1: admin.token = "": must be set when admin.listen (0.0.0.0:8099) is not a loopback address: ' +
-        "/sessions lists users and client IPs, and drain stops the service; set a long random token",
+    expect(errorsOf('[admin]\nlisten = "0.0.0.0:8099"\ntokenFile = ""\n')).toEqual([
+      'test.toml:3: admin.tokenFile = "": must be set when admin.listen (0.0.0.0:8099) is not a loopback address: ' +
+        "/sessions lists users and client IPs, and drain stops the service; name a file holding a long random token",
     ]);
+    expect(errorsOf('[admin]\nlisten = "0.0.0.0:8099"\n')).toEqual([]);
     expect(errorsOf('[admin]\nlisten = "0.0.0.0:8099"\ntoken = "s3cret-s3cret"\n')).toEqual([]);
     for (const loopback of ["127.0.0.1:8099", "[::1]:8099", "localhost:8099", ""])
       expect(errorsOf(`[admin]\nlisten = "${loopback}"\n`), loopback).toEqual([]);
@@ -320,8 +321,10 @@ describe("environment and flags", () => {
   });
 
   test("a rule broken by a variable names the variable", () => {
-    expect(errorsOf("", { PCOIP_CMSG_ADMIN_LISTEN: "0.0.0.0:9" })[0]).toStartWith(
-      'PCOIP_CMSG_ADMIN_LISTEN: admin.token = "": must be set when admin.listen (0.0.0.0:9)',
+    expect(
+      errorsOf("", { PCOIP_CMSG_ADMIN_LISTEN: "0.0.0.0:9", PCOIP_CMSG_ADMIN_TOKENFILE: "" })[0],
+    ).toStartWith(
+      'PCOIP_CMSG_ADMIN_TOKENFILE: admin.tokenFile = "": must be set when admin.listen (0.0.0.0:9)',
     );
   });
 

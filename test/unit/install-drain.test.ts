@@ -68,12 +68,12 @@ test("live sessions: says how many, drains, waits until they end", async () => {
 });
 
 test("the wait stops at the drain timeout and says how many are left", async () => {
-  const a = admin(50);
+  const a = admin(50, "s3cret-token");
   servers.push(a.server);
   const r = reporter();
   let slept = 0;
   const left = await drainForUpgrade(
-    { listen: a.listen, token: "" },
+    { listen: a.listen, token: "s3cret-token" },
     {
       timeoutSeconds: 10,
       force: false,
@@ -90,12 +90,12 @@ test("the wait stops at the drain timeout and says how many are left", async () 
 });
 
 test("--force neither drains nor waits", async () => {
-  const a = admin(2);
+  const a = admin(2, "s3cret-token");
   servers.push(a.server);
   const r = reporter();
   expect(
     await drainForUpgrade(
-      { listen: a.listen, token: "" },
+      { listen: a.listen, token: "s3cret-token" },
       { timeoutSeconds: 600, force: true, sleep: instant },
       r,
     ),
