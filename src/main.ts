@@ -32,6 +32,14 @@ const COMMANDS: Record<string, CommandEntry> = {
     summary: "installed version, service state and health",
     load: async () => (await import("./cli/status.ts")).statusCommand,
   },
+  drain: {
+    summary: "take this node out of its load balancer's rotation (health check 503); live sessions go on",
+    load: async () => (await import("./cli/drain.ts")).drainCommand,
+  },
+  resume: {
+    summary: "undo drain: the health check answers 200 again and new sessions are taken",
+    load: async () => (await import("./cli/drain.ts")).resumeCommand,
+  },
   diagnose: {
     summary: "run the troubleshooting checks (--support-bundle writes a redacted tar.gz)",
     load: async () => (await import("./cli/diagnose.ts")).diagnoseCommand,

@@ -241,7 +241,20 @@ export async function runStatus(argv: string[], io: CliIo, deps: StatusDeps): Pr
   line("health", health.status === 200 ? "ok" : `HTTP ${health.status}`);
   const ready = await adminRequest(admin, "GET", "/readyz");
   if (ready.ok) line("ready", ready.body.trim().split("\n").join("; "));
+  const drain = await adminRequest(admin, "GET", "/drain");
+  if (drain.ok && drain.status === 200) line("draining", drainLine(drain.body));
   const sessions = await liveSessions(admin);
   line("sessions", sessions.reachable ? `${sessions.count} live` : `not shown: ${sessions.cause}`);
   return 0;
+}
+
+/** "no", "yes (pcoip-cmsg drain; resume to undo)" or "yes (stopping)" from GET /drain. */
+export function drainLine(body: string): string {
+  try {
+    const s = JSON.parse(body) as { draining?: boolean; shuttingDown?: boolean };
+    if (!s.draining) return "no";
+    return s.shuttingDown ? "yes (stopping)" : `yes (${PRODUCT_NAME} resume to undo)`;
+  } catch {
+    return "unknown";
+  }
 }

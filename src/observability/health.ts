@@ -39,6 +39,10 @@ export interface AdminOptions {
   readonly posts?: Readonly<Record<string, () => unknown>>;
   /** Refused calls are logged, once per minute per reason. */
   log?: Logger;
+  /** Undoes an operator's drain (POST /resume); refused while the process shuts down. */
+  resume?(): { draining: boolean; liveSessions: number } | { ok: false; error: string };
+  /** GET /drain: the drain state for `pcoip-cmsg status` and fleet dashboards. */
+  drainState?(): { draining: boolean; shuttingDown: boolean; liveSessions: number };
 }
 
 export interface AdminServer {
@@ -168,6 +172,17 @@ export function createAdminApp(opts: AdminAppOptions): Hono {
   app.get("/sessions", (c) => c.json(opts.sessions()));
   app.post("/drain", (c) => c.json(opts.drain()));
   for (const [path, call] of Object.entries(opts.posts ?? {})) app.post(path, (c) => c.json(call()));
+  if (opts.resume) {
+    const resume = opts.resume;
+    app.post("/resume", (c) => {
+      const r = resume();
+      return "error" in r ? c.json({ error: r.error }, 409) : c.json(r);
+    });
+  }
+  if (opts.drainState) {
+    const state = opts.drainState;
+    app.get("/drain", (c) => c.json(state()));
+  }
   return app;
 }
 

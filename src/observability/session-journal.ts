@@ -44,6 +44,8 @@ export interface SessionJournal {
   sgEnded(sessionId: string, reason: string): void;
   /** Live records (tests, metrics). */
   readonly size: number;
+  /** Verdict lines written so far, by the stage they name ("done" or the last stage reached): fleet metrics. */
+  readonly verdicts: Readonly<Record<string, number>>;
   stop(): void;
 }
 
@@ -105,6 +107,7 @@ export function createSessionJournal(options: JournalOptions): SessionJournal {
     return e;
   };
 
+  const verdicts: Record<string, number> = {};
   const verdict = (e: Entry, how: "ended" | "stalled", reason: string) => {
     const stage = e.stage ?? "none";
     const cause = causeOf(e, how, {
@@ -112,6 +115,8 @@ export function createSessionJournal(options: JournalOptions): SessionJournal {
       pendingTtl: options.pendingTtlSeconds,
     });
     const done = e.stage === "udp-from-agent" || (!e.viaGateway && e.stage === "agent-launch");
+    const named = done ? "done" : stage;
+    verdicts[named] = (verdicts[named] ?? 0) + 1;
     // Bindings inline, not a child logger: creating a pino child costs more than the line itself.
     log[done || how === "ended" ? "info" : "warn"](
       {
@@ -207,6 +212,7 @@ export function createSessionJournal(options: JournalOptions): SessionJournal {
     get size() {
       return entries.size;
     },
+    verdicts,
     stop() {
       clearInterval(timer);
     },

@@ -17,9 +17,9 @@ import { adminTokenOf } from "../observability/admin-token.ts";
 import { type AdminServer, type ReadinessCheck, startAdminServer } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
-import { createSessionJournal } from "../observability/session-journal.ts";
+import { createSessionJournal, type SessionJournal } from "../observability/session-journal.ts";
 import { type Admissions, createAdmissions } from "../sg/admissions.ts";
-import { createRelayLimits } from "../sg/limits.ts";
+import { createRelayLimits, FDS_PER_RELAY, type RelayLimits } from "../sg/limits.ts";
 import { startTcpRelay, type TcpRelay } from "../sg/tcp-relay.ts";
 import { startUdpRelay, type UdpRelay } from "../sg/udp-relay.ts";
 import type { CertificatePair } from "../tls/certs.ts";
@@ -58,8 +58,13 @@ export interface Appliance {
   readonly admissions: Admissions | undefined;
   readonly metrics: MetricsRegistry;
   reload(next: Readonly<Config>): Promise<ReloadOutcome>;
-  /** No new admissions or allocations; GET /pcoip-broker/xml answers 503; live relays go on. */
-  startDrain(): void;
+  /**
+   * No new admissions or allocations; GET /pcoip-broker/xml answers 503; live relays go on. `shutdown` (SIGTERM)
+   * cannot be undone; an operator's drain (`pcoip-cmsg drain`, POST /drain) can, by {@link resume}.
+   */
+  startDrain(why?: "operator" | "shutdown"): void;
+  /** Undoes an operator's drain: the health check answers 200 again and new sessions are taken. */
+  resume(): { ok: true } | { ok: false; error: string };
   readonly draining: boolean;
   /** Sessions a drain waits for: active, within reconnect grace, or admitted in the last few seconds. */
   liveSessions(): number;
@@ -113,6 +118,7 @@ export async function startAppliance(
   const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
   stops.push(() => journal.stop());
   let draining = false;
+  let shuttingDown = false;
   let current = config;
 
   // Security Gateway.
@@ -302,9 +308,14 @@ export async function startAppliance(
         readiness: async () => readiness(),
         sessions: () => sessionsView(),
         drain: () => {
-          appliance.startDrain();
+          appliance.startDrain("operator");
           return { draining: true, liveSessions: appliance.liveSessions() };
         },
+        resume: () => {
+          const r = appliance.resume();
+          return r.ok ? { draining: false, liveSessions: appliance.liveSessions() } : r;
+        },
+        drainState: () => ({ draining, shuttingDown, liveSessions: appliance.liveSessions() }),
       });
       stops.push(() => admin?.stop());
       if (!t.ok)
@@ -316,6 +327,15 @@ export async function startAppliance(
       return fail(listenProblem("admin.listen", config.admin.listen, e));
     }
   }
+
+  registerNodeMetrics(metrics, {
+    draining: () => draining,
+    ready: () =>
+      cmServers.size > 0 && !draining && pair.notAfter.getTime() > Date.now() && cm.brokerReachable(),
+    limits,
+    journal,
+    proxyRefusals: () => proxyRefusals.total,
+  });
 
   const readiness = async (): Promise<ReadinessCheck[]> => {
     const checks: ReadinessCheck[] = [
@@ -365,12 +385,26 @@ export async function startAppliance(
     get draining() {
       return draining;
     },
-    startDrain() {
+    startDrain(why = "shutdown") {
+      if (why === "shutdown") shuttingDown = true;
       if (draining) return;
       draining = true;
       admissions?.setDraining(true);
       cm.setDraining(true);
-      log.info({ liveSessions: appliance.liveSessions() }, "draining: no new sessions; live relays continue");
+      log.info(
+        { liveSessions: appliance.liveSessions(), by: why },
+        "draining: no new sessions; live relays continue",
+      );
+    },
+    resume() {
+      if (shuttingDown)
+        return { ok: false, error: "the node is shutting down (SIGTERM): it cannot resume; start it again" };
+      if (!draining) return { ok: true };
+      draining = false;
+      admissions?.setDraining(false);
+      cm.setDraining(false);
+      log.info({}, "resumed: taking new sessions again (the health check answers 200)");
+      return { ok: true };
     },
     liveSessions: () => {
       if (!admissions) return 0;
@@ -481,8 +515,13 @@ export function externalAddressFor(
  */
 function refusalLog(log: Logger) {
   const last = new Map<string, number>();
+  let total = 0;
   return {
+    get total() {
+      return total;
+    },
     log(peer: string, reason: string) {
+      total++;
       const key = `${peer} ${reason}`;
       const now = Date.now();
       if ((last.get(key) ?? 0) > now - 60_000) return;
@@ -533,6 +572,71 @@ export function changedKeys(a: unknown, b: unknown, prefix = ""): string[] {
     );
   }
   return JSON.stringify(a) === JSON.stringify(b) ? [] : [prefix];
+}
+
+/**
+ * What a fleet dashboard needs of every node (contrib/grafana, contrib/prometheus): ready and draining as 0/1
+ * (a balancer's view of the node), the descriptor budget and its use (headroom), verdicts by stage (where
+ * sessions fail), front-door connections refused before HTTP (a balancer without its PROXY header).
+ */
+function registerNodeMetrics(
+  metrics: MetricsRegistry,
+  node: {
+    draining: () => boolean;
+    ready: () => boolean;
+    limits: RelayLimits;
+    journal: SessionJournal;
+    proxyRefusals: () => number;
+  },
+): void {
+  metrics.add(() => [
+    {
+      name: "pcoip_node_ready",
+      help: "1 when the node takes new sessions (what GET /pcoip-broker/xml answers 200 for), else 0.",
+      type: "gauge",
+      samples: [{ value: node.ready() ? 1 : 0 }],
+    },
+    {
+      name: "pcoip_node_draining",
+      help: "1 while the node drains (pcoip-cmsg drain, or stopping), else 0.",
+      type: "gauge",
+      samples: [{ value: node.draining() ? 1 : 0 }],
+    },
+    {
+      name: "pcoip_descriptors_in_use",
+      help: "Descriptors held by relays and client connections (the process budget's use).",
+      type: "gauge",
+      samples: [{ value: node.limits.inUse }],
+    },
+    {
+      name: "pcoip_descriptors_budget",
+      help: "Descriptors the budget allows (from RLIMIT_NOFILE; -1 when unlimited).",
+      type: "gauge",
+      samples: [
+        {
+          value: Number.isFinite(node.limits.maxRelays) ? node.limits.maxRelays * FDS_PER_RELAY : -1,
+        },
+      ],
+    },
+    {
+      name: "pcoip_descriptor_refusals_total",
+      help: "Connections or flows refused because the descriptor budget was spent.",
+      type: "counter",
+      samples: [{ value: node.limits.refused }],
+    },
+    {
+      name: "pcoip_session_verdicts_total",
+      help: "Session verdict lines by the stage they name (done, or the last stage a failed session reached).",
+      type: "counter",
+      samples: Object.entries(node.journal.verdicts).map(([stage, value]) => ({ labels: { stage }, value })),
+    },
+    {
+      name: "pcoip_cm_proxy_refusals_total",
+      help: "Front-door connections refused before HTTP: PROXY header missing, malformed, or from an unlisted peer.",
+      type: "counter",
+      samples: [{ value: node.proxyRefusals() }],
+    },
+  ]);
 }
 
 function registerSgMetrics(
