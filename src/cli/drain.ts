@@ -82,10 +82,11 @@ async function drainOrResume(verb: "drain" | "resume", argv: string[], io: CliIo
     return 1;
   }
   const body = parseAnswer(r.body);
-  if (r.status === 401) {
+  if (r.status === 401 || (r.status === 503 && admin.tokenProblem)) {
     io.stderr(
-      `${PRODUCT_NAME} ${verb}: the admin listener refused the token; fix: run as a user who can read the ` +
-        `configuration (${file}) and its admin token\n`,
+      `${PRODUCT_NAME} ${verb}: the admin listener refused the call (HTTP ${r.status}): ` +
+        `${admin.tokenProblem ?? "the bearer token did not match"}; fix: run as root (or the service user), ` +
+        `who can read admin.tokenFile named in ${file}\n`,
     );
     return 1;
   }
