@@ -396,11 +396,18 @@ const sg = section("sg", {
   ),
   udpIdleSeconds: int(120, 5, 86400, "A silent UDP flow is forgotten after this."),
   udpRebindSeconds: int(
-    10,
+    1,
     1,
     3600,
-    "A session whose client flow was silent this long may be re-bound to a new client port (NAT rebinding).",
+    "With several sessions on one client IP, a new client port may take the flow silent this long (NAT rebinding); one session per IP takes a new port at once.",
   ),
+  // Kernel UDP path and per-session caps (issues 16 #3, 17).
+  udpFastPath: oneOf(
+    ["auto", "on", "off"] as const,
+    "auto",
+    "Media in the kernel (nftables DNAT/SNAT) once a session is admitted: auto = where CAP_NET_ADMIN and libnftables are present, on = refuse to start without them, off = the userspace relay.",
+  ),
+  maxConnectionsPerSession: int(4, 1, 1000, "TCP relays one admitted session may hold at once."),
   handshakeTimeoutSeconds: int(5, 1, 60, "The client's TLS ClientHello must arrive within this."),
 });
 

@@ -87,6 +87,8 @@ const RESTART_KEYS = [
   "sg.reconnectGraceSeconds",
   "sg.udpIdleSeconds",
   "sg.udpRebindSeconds",
+  "sg.udpFastPath",
+  "sg.maxConnectionsPerSession",
   "sg.handshakeTimeoutSeconds",
   "cm.proxyProtocolFrom",
   "admin.listen",
@@ -147,6 +149,7 @@ export async function startAppliance(
       admissions,
       log,
       handshakeTimeoutMs: config.sg.handshakeTimeoutSeconds * 1000,
+      maxConnectionsPerSession: config.sg.maxConnectionsPerSession,
       limits,
       journal,
     });
@@ -162,6 +165,7 @@ export async function startAppliance(
       sourcePorts: parsePortRange(config.sg.udpSourcePorts),
       idleMs: config.sg.udpIdleSeconds * 1000,
       rebindMs: config.sg.udpRebindSeconds * 1000,
+      fastPath: config.sg.udpFastPath,
       limits,
       journal,
       ...(deps.now ? { now: deps.now } : {}),
@@ -720,6 +724,21 @@ function registerSgMetrics(
         help: "UDP session sockets open now.",
         type: "gauge",
         samples: [{ value: u.sessionsOpen }],
+      },
+      {
+        name: "pcoip_sg_udp_path",
+        help: "The UDP data path in use (1 for the active one): kernel (nftables) or userspace.",
+        type: "gauge",
+        samples: (["kernel", "userspace"] as const).map((path) => ({
+          labels: { path },
+          value: udp.path === path ? 1 : 0,
+        })),
+      },
+      {
+        name: "pcoip_sg_udp_fastpath_flows",
+        help: "UDP flows the kernel carries now.",
+        type: "gauge",
+        samples: [{ value: udp.fastPathFlows }],
       },
       {
         name: "pcoip_sg_udp_drops_total",

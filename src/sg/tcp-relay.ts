@@ -51,6 +51,8 @@ export interface TcpRelayOptions {
   readonly journal?: SessionJournal;
   /** TCP keepalive on both legs, so a client that vanished is noticed. */
   readonly keepAliveSeconds?: number;
+  /** TCP relays one admission may hold at once (`sg.maxConnectionsPerSession`, default 4). */
+  readonly maxConnectionsPerSession?: number;
 }
 
 export type TcpRefusal =
@@ -68,7 +70,9 @@ export type TcpRefusal =
   | "wrong_sni"
   | "no_sni_ambiguous"
   /** the agent refused, timed out or was unreachable */
-  | "agent_unreachable";
+  | "agent_unreachable"
+  /** the admission already holds maxConnectionsPerSession relays */
+  | "session_connection_limit";
 
 export interface TcpRelayCounters {
   /** Connections accepted on the listeners. */
@@ -142,6 +146,9 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
   const maxHelloBytes = options.maxHelloBytes ?? MAX_CLIENT_HELLO_BYTES;
   const keepAliveSeconds = options.keepAliveSeconds ?? 30;
   const limits = options.limits ?? createRelayLimits({ log });
+  const maxPerSession = options.maxConnectionsPerSession ?? 4;
+  /** One line per window for the per-session cap, however many connections hit it (a loop reconnecting). */
+  const capLog = { windowStart: 0, suppressed: 0 };
 
   const counters: TcpRelayCounters = {
     accepted: 0,
@@ -157,6 +164,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
       wrong_sni: 0,
       no_sni_ambiguous: 0,
       agent_unreachable: 0,
+      session_connection_limit: 0,
     },
     bytesToAgent: 0,
     bytesToClient: 0,
@@ -213,6 +221,11 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
   }
 
   function dial(conn: Conn, session: Admission, sni: string | undefined): void {
+    const held = bySession.get(session.sessionLogId)?.size ?? 0;
+    if (held >= maxPerSession) {
+      refuseOverSessionCap(conn, session, held);
+      return;
+    }
     if (!limits.tryTake(1)) {
       refuse(conn, "relay_limit");
       return;
@@ -246,6 +259,31 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
       }))().catch((e: unknown) => {
       if (conn.phase === "dialing") agentFailed(conn, errorText(e));
     });
+  }
+
+  /** Issue 16 #3: one admission cannot take the relays (and descriptors) every other session needs. */
+  function refuseOverSessionCap(conn: Conn, session: Admission, held: number): void {
+    counters.refused.session_connection_limit++;
+    const t = Date.now();
+    if (t - capLog.windowStart >= 10_000) {
+      sessionLogger(log, session.sessionLogId).warn(
+        {
+          audit: true,
+          event: "sg_deny",
+          reason: "session_connection_limit",
+          client: `${conn.clientIp}:${conn.clientPort}`,
+          held,
+          maxConnectionsPerSession: maxPerSession,
+          refusedSinceLastLine: capLog.suppressed,
+        },
+        "sg tcp connection refused: the session already holds sg.maxConnectionsPerSession relays " +
+          "(a PCoIP client needs one; raise the key only for clients known to open more)",
+      );
+      capLog.windowStart = t;
+      capLog.suppressed = 0;
+    } else capLog.suppressed++;
+    conn.closedBy = "session_connection_limit";
+    conn.client.terminate();
   }
 
   function agentFailed(conn: Conn, cause: string): void {

@@ -1,9 +1,10 @@
 /**
  * UDP 4172, the media path (SPEC §4, PROTOCOL.md §6.3). Every admitted session owns one UDP socket toward its
  * agent, bound to a source port from `sg.udpSourcePorts` and connected to the agent (so the kernel drops
- * datagrams from anyone else). A client flow (IP, port) binds to the one active session of that IP that has no
- * live flow; the agent's replies come back on the session's socket and leave through the 4172 listener the
- * client wrote to, so the client sees answers from the address it targeted (NAT-friendly).
+ * datagrams from anyone else). Which client endpoint belongs to which session is the flow table's decision
+ * (flow-table.ts); the agent's replies leave through the listener the client wrote to, toward the client port
+ * heard last, so the client sees answers from the address it targeted (NAT-friendly). With the kernel path
+ * (`sg.udpFastPath`, kernel/fastpath.ts) nftables carries a flow after its first datagrams.
  *
  * Nothing is guessed from packet contents, and unknown sources are dropped and counted, never answered (an
  * answer to a spoofed source would make the SG an amplifier).
@@ -13,12 +14,21 @@
  */
 import type { udp } from "bun";
 import { canonicalIp, ipFamily } from "../net/client-address.ts";
-import { type Logger, sessionLogger } from "../observability/log.ts";
+import type { Logger } from "../observability/log.ts";
+import { sessionLogger } from "../observability/log.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
 import type { Admission, AdmissionEvent, Admissions } from "./admissions.ts";
+import { type Flow, FlowTable, type UdpRelayCounters, type UdpSession } from "./flow-table.ts";
+import { openKernelPath } from "./kernel/fastpath.ts";
 import { createRelayLimits, type RelayLimits } from "./limits.ts";
 import { createPortPool, DEFAULT_UDP_SOURCE_PORTS, type PortRange } from "./port-pool.ts";
 import { errorText, type ListenAddress, listenFailure, type StartResult } from "./tcp-relay.ts";
+import { type UdpDataPath, type UdpPathKind, userspacePath } from "./udp-datapath.ts";
+
+export type { UdpDrop, UdpRelayCounters } from "./flow-table.ts";
+
+/** `sg.udpFastPath`: the kernel path where it can run (auto), always (on, else refuse to start), never (off). */
+export type UdpFastPathMode = "auto" | "on" | "off";
 
 export interface UdpRelayOptions {
   readonly listen: readonly ListenAddress[];
@@ -30,7 +40,7 @@ export interface UdpRelayOptions {
   readonly sourceHostname?: { readonly v4?: string; readonly v6?: string };
   /** A flow with no datagram either way for this long is torn down (PROTOCOL.md §6.3 `udpIdleSec` 120). */
   readonly idleMs?: number;
-  /** A flow silent from the client for this long may be replaced by a new client port (NAT rebinding). */
+  /** With several sessions on one client IP, a new client port may take a flow silent this long (NAT rebinding). */
   readonly rebindMs?: number;
   /** An active session with no UDP from its client IP this long gets a verdict line saying why. */
   readonly verdictMs?: number;
@@ -41,44 +51,10 @@ export interface UdpRelayOptions {
   /** Session progress (first UDP each way) and bytes, for the session verdict and end lines. */
   readonly journal?: SessionJournal;
   readonly now?: () => number;
-  /** Timer period for idle expiry and verdicts; derived from idleMs/rebindMs when omitted. */
+  /** Timer period for idle expiry, verdicts and kernel counters; derived from idleMs/rebindMs when omitted. */
   readonly sweepEveryMs?: number;
-}
-
-export type UdpDrop =
-  /** the source IP has no active session */
-  | "no_session"
-  /** the source IP has no session while some active session still waits for its first datagram: the client's
-   *  UDP probably leaves its NAT from another public IP than its TCP (see the verdict line) */
-  | "client_ip_mismatch"
-  /** every active session of the source IP already has a live flow */
-  | "flow_limit"
-  /** the descriptor budget is spent */
-  | "relay_limit"
-  /** every port of udpSourcePorts is in use */
-  | "no_source_port"
-  /** too many datagrams arrived while the session's socket was still opening */
-  | "opening_queue_full"
-  /** the kernel's socket buffer was full (send returned false) */
-  | "send_blocked"
-  /** send threw (socket closed, address unusable) */
-  | "send_error"
-  /** an agent datagram arrived for a session whose flow had just ended */
-  | "no_flow";
-
-export interface UdpRelayCounters {
-  packetsUp: number;
-  bytesUp: number;
-  packetsDown: number;
-  bytesDown: number;
-  flowsBound: number;
-  flowsRebound: number;
-  flowsClosed: number;
-  /** Session sockets open now. */
-  sessionsOpen: number;
-  /** `error` events on any socket (ICMP unreachable and the like). */
-  socketErrors: number;
-  drops: Record<UdpDrop, number>;
+  /** `sg.udpFastPath` (default "off" here; the appliance passes the configured value, default "auto"). */
+  readonly fastPath?: UdpFastPathMode;
 }
 
 export interface UdpFlowInfo {
@@ -94,6 +70,12 @@ export interface UdpFlowInfo {
 export interface UdpRelay {
   readonly ports: readonly number[];
   readonly counters: UdpRelayCounters;
+  /** The data path in use: "kernel" (nftables carries admitted media) or "userspace". */
+  readonly path: UdpPathKind;
+  /** Why this path (for status, /readyz and diagnose). */
+  readonly pathReason: string;
+  /** Flows the kernel carries now. */
+  readonly fastPathFlows: number;
   /** The live flows (admin /sessions); allocates, never call per packet. */
   flows(): UdpFlowInfo[];
   stop(): Promise<void>;
@@ -102,32 +84,35 @@ export interface UdpRelay {
 type ListenerSocket = udp.Socket<"buffer">;
 type SessionSocket = udp.ConnectedSocket<"buffer">;
 
-interface Flow {
-  readonly session: UdpSession;
-  readonly listener: ListenerSocket;
-  /** The address as the listener reported it (`::ffff:` form on a `[::]` listener): the key and reply target. */
-  readonly addr: string;
-  readonly port: number;
-  readonly clientIp: string;
-  readonly boundAt: number;
-  lastUpAt: number;
-  lastDownAt: number;
-  packetsUp: number;
-  bytesUp: number;
-  packetsDown: number;
-  bytesDown: number;
+function isLoopback(hostname: string): boolean {
+  const h = hostname.replace(/^\[(.*)\]$/, "$1");
+  return h === "::1" || h.startsWith("127.") || h === "localhost";
 }
 
-interface UdpSession {
-  readonly id: string;
-  readonly admission: Admission;
-  readonly log: Logger;
-  sourcePort: number;
-  socket: SessionSocket | undefined;
-  /** Datagrams that arrived before the socket was open (copies: Bun's buffers are ours, but keep it explicit). */
-  queue: Uint8Array[];
-  flow: Flow | undefined;
-  closed: boolean;
+/** The data path for `mode`, or the failure when `on` cannot have the kernel path. */
+function chooseDataPath(
+  mode: UdpFastPathMode,
+  listen: readonly ListenAddress[],
+  ports: readonly number[],
+  sourcePorts: PortRange,
+  log: Logger,
+  onCarried: Parameters<typeof openKernelPath>[0]["onCarried"],
+): { ok: true; path: UdpDataPath; reason: string } | { ok: false; reason: string } {
+  if (mode === "off") return { ok: true, path: userspacePath(), reason: "sg.udpFastPath = off" };
+  if (mode === "auto" && listen.every((l) => isLoopback(l.hostname)))
+    return {
+      ok: true,
+      path: userspacePath(),
+      reason: "loopback listeners only: no routed media to carry in the kernel",
+    };
+  const k = openKernelPath({ listenPorts: ports, sourcePorts, log, onCarried });
+  if (k.ok) return { ok: true, path: k.path, reason: "nftables table inet pcoip_cmsg" };
+  if (mode === "on") return { ok: false, reason: k.reason };
+  log.warn(
+    { cause: k.reason },
+    'sg udp fast path unavailable: the userspace relay carries media (set sg.udpFastPath = "off" to silence this)',
+  );
+  return { ok: true, path: userspacePath(), reason: k.reason };
 }
 
 /**
@@ -138,7 +123,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   const { admissions, log, journal } = options;
   const now = options.now ?? Date.now;
   const idleMs = options.idleMs ?? 120_000;
-  const rebindMs = options.rebindMs ?? 10_000;
+  const rebindMs = options.rebindMs ?? 1000;
   const verdictMs = options.verdictMs ?? 30_000;
   const openingQueue = options.openingQueue ?? 32;
   const sweepEveryMs = options.sweepEveryMs ?? Math.max(10, Math.min(1000, idleMs / 4, rebindMs / 4));
@@ -148,32 +133,21 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   const bindV4 = options.sourceHostname?.v4 ?? "0.0.0.0";
   const bindV6 = options.sourceHostname?.v6 ?? "::";
 
-  const counters: UdpRelayCounters = {
-    packetsUp: 0,
-    bytesUp: 0,
-    packetsDown: 0,
-    bytesDown: 0,
-    flowsBound: 0,
-    flowsRebound: 0,
-    flowsClosed: 0,
-    sessionsOpen: 0,
-    socketErrors: 0,
-    drops: {
-      no_session: 0,
-      client_ip_mismatch: 0,
-      flow_limit: 0,
-      relay_limit: 0,
-      no_source_port: 0,
-      opening_queue_full: 0,
-      send_blocked: 0,
-      send_error: 0,
-      no_flow: 0,
+  let path: UdpDataPath = userspacePath();
+  const table = new FlowTable({
+    admissions,
+    log,
+    rebindMs,
+    journal,
+    events: {
+      // The kernel takes a flow once its session socket holds the source port (the port is ours from then on).
+      carry: (flow) => {
+        if (flow.session.socket !== undefined) path.carry(flow);
+      },
+      release: (flow, reason) => path.release(flow, reason),
     },
-  };
-
-  /** raw client address → client port → flow. Two levels so the hot path builds no key string. */
-  const flowsByAddr = new Map<string, Map<number, Flow>>();
-  const sessions = new Map<string, UdpSession>();
+  });
+  const counters = table.counters;
   /** Sessions that got a verdict, or whose UDP arrived (no verdict needed). */
   const settled = new Set<string>();
   /** Active sessions still waiting for their first datagram, as of the last sweep (drop classification). */
@@ -182,37 +156,31 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   const unknownAddr: string[] = ["", "", "", ""];
   const unknownAt: number[] = [0, 0, 0, 0];
   let unknownNext = 0;
-  /** Coarse clock for the hot path; advanced by the sweep and by every slow path. */
-  let clock = now();
+  table.clock = now();
   let warnWindow = 0;
   let warnsInWindow = 0;
 
   /** Warnings caused by traffic (not per packet, but possibly per new source) are limited to a few per second. */
   function warnLimited(obj: Record<string, unknown>, msg: string): void {
-    if (clock - warnWindow >= 1000) {
-      warnWindow = clock;
+    if (table.clock - warnWindow >= 1000) {
+      warnWindow = table.clock;
       warnsInWindow = 0;
     }
     if (++warnsInWindow <= 5) log.warn(obj, msg);
   }
 
   function onClientDatagram(listener: ListenerSocket, buf: Buffer, port: number, addr: string): void {
-    const flow = flowsByAddr.get(addr)?.get(port);
-    if (flow !== undefined) {
-      const s = flow.session;
-      flow.lastUpAt = clock;
-      flow.packetsUp++;
-      flow.bytesUp += buf.length;
-      counters.packetsUp++;
-      counters.bytesUp += buf.length;
+    const fp = table.lookup(addr, port);
+    if (fp !== undefined) {
+      const s = table.noteUp(fp, listener, buf.length).session;
       if (s.socket !== undefined) sendToAgent(s.socket, buf);
       else holdWhileOpening(s, buf);
       return;
     }
-    newFlow(listener, buf, port, addr);
+    newEndpoint(listener, buf, port, addr);
   }
 
-  function sendToAgent(socket: SessionSocket, buf: Buffer): void {
+  function sendToAgent(socket: { send(b: Uint8Array): boolean }, buf: Uint8Array): void {
     try {
       if (!socket.send(buf)) counters.drops.send_blocked++;
     } catch {
@@ -226,19 +194,10 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   }
 
   function onAgentDatagram(s: UdpSession, buf: Buffer): void {
-    const f = s.flow;
-    if (f === undefined) {
-      counters.drops.no_flow++;
-      return;
-    }
-    f.lastDownAt = clock;
-    // The first datagram back is a session milestone (media flows both ways); later ones cost one compare.
-    if (++f.packetsDown === 1) journal?.reached(s.id, "udp-from-agent");
-    f.bytesDown += buf.length;
-    counters.packetsDown++;
-    counters.bytesDown += buf.length;
+    const f = table.noteDown(s, buf.length);
+    if (f === undefined) return;
     try {
-      if (!f.listener.send(buf, f.port, f.addr)) counters.drops.send_blocked++;
+      if (!f.listener.send(buf, f.replyPort, f.addr)) counters.drops.send_blocked++;
     } catch {
       counters.drops.send_error++;
     }
@@ -247,79 +206,29 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   function noteUnknown(addr: string): void {
     const last = (unknownNext + 3) & 3;
     if (unknownAddr[last] === addr) {
-      unknownAt[last] = clock;
+      unknownAt[last] = table.clock;
       return;
     }
     unknownAddr[unknownNext] = addr;
-    unknownAt[unknownNext] = clock;
+    unknownAt[unknownNext] = table.clock;
     unknownNext = (unknownNext + 1) & 3;
   }
 
-  /**
-   * The slow path: a datagram from an endpoint with no flow. It binds to the most recently activated active
-   * session of its IP that has no flow, or whose flow has been silent from the client for `rebindMs` (the
-   * client's NAT moved it to another port). Anything else is dropped and counted.
-   */
-  function newFlow(listener: ListenerSocket, buf: Buffer, port: number, addr: string): void {
-    clock = now();
-    const clientIp = canonicalIp(addr);
-    // One pass over the IP's sessions (admissions.pickUdp), not a sorted copy of them: this path runs for every
-    // datagram from an unknown port, and one NAT can hold thousands of sessions.
-    const { chosen, activeSeen } = admissions.pickUdp(clientIp, (id) => {
-      const f = sessions.get(id)?.flow;
-      return f === undefined || clock - f.lastUpAt >= rebindMs;
-    });
-    if (!activeSeen) {
-      counters.drops[awaitingUdp > 0 ? "client_ip_mismatch" : "no_session"]++;
-      noteUnknown(addr);
+  /** The slow path: a datagram from a client endpoint the table does not know (binding rules: flow-table.ts). */
+  function newEndpoint(listener: ListenerSocket, buf: Buffer, port: number, addr: string): void {
+    table.clock = now();
+    const picked = table.pick(canonicalIp(addr));
+    if (!picked.ok) {
+      if (picked.drop === "no_session") {
+        counters.drops[awaitingUdp > 0 ? "client_ip_mismatch" : "no_session"]++;
+        noteUnknown(addr);
+      } else counters.drops.flow_limit++;
       return;
     }
-    if (!chosen) {
-      counters.drops.flow_limit++;
-      return;
-    }
-    let s = sessions.get(chosen.sessionLogId);
-    if (!s) {
-      s = openSession(chosen);
-      if (!s) return;
-    }
-    const old = s.flow;
-    if (old) {
-      endFlow(old, "rebound");
-      counters.flowsRebound++;
-    }
-    const flow: Flow = {
-      session: s,
-      listener,
-      addr,
-      port,
-      clientIp,
-      boundAt: clock,
-      lastUpAt: clock,
-      lastDownAt: clock,
-      packetsUp: 1,
-      bytesUp: buf.length,
-      packetsDown: 0,
-      bytesDown: 0,
-    };
-    s.flow = flow;
-    const byPort = flowsByAddr.get(addr);
-    if (byPort) byPort.set(port, flow);
-    else flowsByAddr.set(addr, new Map([[port, flow]]));
+    const s = table.sessions.get(picked.admission.sessionLogId) ?? openSession(picked.admission);
+    if (!s) return;
+    table.bind(s, listener, addr, port, buf.length);
     settled.add(s.id);
-    journal?.reached(s.id, "udp-from-client");
-    counters.flowsBound++;
-    counters.packetsUp++;
-    counters.bytesUp += buf.length;
-    s.log.info(
-      {
-        client: `${clientIp}:${port}`,
-        sourcePort: s.sourcePort,
-        agent: `${s.admission.agentHost}:${s.admission.agentUdpPort}`,
-        rebound: old !== undefined,
-      },
-      "sg udp flow bound",
-    );
     if (s.socket !== undefined) sendToAgent(s.socket, buf);
     else holdWhileOpening(s, buf);
   }
@@ -343,21 +252,26 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       );
       return undefined;
     }
-    const s: UdpSession = {
-      id: adm.sessionLogId,
-      admission: adm,
-      log: sessionLogger(log, adm.sessionLogId),
-      sourcePort: port,
-      socket: undefined,
-      queue: [],
-      flow: undefined,
-      closed: false,
-    };
-    sessions.set(s.id, s);
-    counters.sessionsOpen++;
+    const s = table.addSession(adm, port);
     // Other software may hold runs of ports inside the range (another relay, a test); skipping costs one bind each.
     bindSessionSocket(s, 64);
     return s;
+  }
+
+  function socketOpened(s: UdpSession, sock: SessionSocket): void {
+    s.socket = sock;
+    const q = s.queue;
+    s.queue = [];
+    // The datagrams held while opening leave in one batch (one syscall path instead of one per datagram).
+    if (q.length > 0) {
+      try {
+        const sent = sock.sendMany(q);
+        if (sent < q.length) counters.drops.send_blocked += q.length - sent;
+      } catch {
+        counters.drops.send_error += q.length;
+      }
+    }
+    if (s.flow) path.carry(s.flow);
   }
 
   /** Binds the session's socket; a port some other process holds is skipped (up to `tries` ports). */
@@ -385,18 +299,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
           pool.release(s.sourcePort);
           return;
         }
-        s.socket = sock;
-        const q = s.queue;
-        s.queue = [];
-        // The datagrams held while opening leave in one batch (one syscall path instead of one per datagram).
-        if (q.length > 0) {
-          try {
-            const sent = sock.sendMany(q);
-            if (sent < q.length) counters.drops.send_blocked += q.length - sent;
-          } catch {
-            counters.drops.send_error += q.length;
-          }
-        }
+        socketOpened(s, sock);
       },
       (e: unknown) => {
         if (s.closed) {
@@ -430,41 +333,8 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     );
   }
 
-  function endFlow(f: Flow, reason: string): void {
-    const byPort = flowsByAddr.get(f.addr);
-    if (byPort?.get(f.port) === f) {
-      byPort.delete(f.port);
-      if (byPort.size === 0) flowsByAddr.delete(f.addr);
-    }
-    if (f.session.flow === f) f.session.flow = undefined;
-    counters.flowsClosed++;
-    journal?.traffic(f.session.id, {
-      bytesFromClient: f.bytesUp,
-      bytesToClient: f.bytesDown,
-      packetsFromClient: f.packetsUp,
-      packetsToClient: f.packetsDown,
-    });
-    f.session.log.info(
-      {
-        client: `${f.clientIp}:${f.port}`,
-        sourcePort: f.session.sourcePort,
-        reason,
-        durationMs: clock - f.boundAt,
-        packetsUp: f.packetsUp,
-        bytesUp: f.bytesUp,
-        packetsDown: f.packetsDown,
-        bytesDown: f.bytesDown,
-      },
-      "sg udp flow closed",
-    );
-  }
-
   function closeSession(s: UdpSession, reason: string): void {
-    if (s.closed) return;
-    s.closed = true;
-    if (s.flow) endFlow(s.flow, reason);
-    sessions.delete(s.id);
-    counters.sessionsOpen--;
+    if (!table.removeSession(s, reason)) return;
     limits.give(1);
     if (s.socket) {
       s.socket.close();
@@ -473,24 +343,26 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     // A socket still opening is closed and its port released when the bind settles (see bindSessionSocket).
   }
 
-  /** Idle expiry, the coarse clock, and verdicts for sessions whose client sends no UDP from its own IP. */
+  /** Kernel counters, idle expiry, the coarse clock, and verdicts for sessions whose client sends no UDP. */
   function sweep(): void {
-    clock = now();
-    for (const s of sessions.values()) {
+    table.clock = now();
+    path.collect();
+    for (const s of table.sessions.values()) {
       const f = s.flow;
-      if (f && clock - Math.max(f.lastUpAt, f.lastDownAt) >= idleMs) closeSession(s, "idle");
+      if (f && table.clock - Math.max(f.lastUpAt, f.lastDownAt) >= idleMs) closeSession(s, "idle");
     }
     let awaiting = 0;
     for (const a of admissions.list()) {
       if (a.state !== "active" || settled.has(a.sessionLogId)) continue;
       awaiting++;
-      if (a.activatedAt !== null && clock - a.activatedAt >= verdictMs) verdict(a);
+      if (a.activatedAt !== null && table.clock - a.activatedAt >= verdictMs) verdict(a);
     }
     awaitingUdp = awaiting;
   }
 
   function verdict(a: Admission): void {
     settled.add(a.sessionLogId);
+    const clock = table.clock;
     const others = new Set<string>();
     for (let i = 0; i < 4; i++) {
       if (unknownAddr[i] && unknownAt[i]! >= (a.activatedAt ?? 0)) others.add(canonicalIp(unknownAddr[i]!));
@@ -549,10 +421,34 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     }
   }
 
+  const chosen = chooseDataPath(
+    options.fastPath ?? "off",
+    options.listen,
+    listeners.map((l) => l.port),
+    range,
+    log,
+    (flow: Flow, up, down) => table.addCarried(flow, up, down),
+  );
+  if (!chosen.ok) {
+    for (const l of listeners) l.close();
+    return {
+      ok: false,
+      error: {
+        what: "the kernel UDP path (sg.udpFastPath = on)",
+        cause: chosen.reason,
+        fix: 'install nftables and grant CAP_NET_ADMIN (the unit does), or set sg.udpFastPath = "auto"',
+      },
+    };
+  }
+  path = chosen.path;
+
   const unsubscribe = admissions.subscribe((e: AdmissionEvent) => {
     settled.delete(e.admission.sessionLogId);
-    const s = sessions.get(e.admission.sessionLogId);
-    if (s) closeSession(s, `session_${e.reason}`);
+    const s = table.sessions.get(e.admission.sessionLogId);
+    if (s) {
+      table.clock = now();
+      closeSession(s, `session_${e.reason}`);
+    }
   });
   const timer = setInterval(sweep, sweepEveryMs);
   timer.unref();
@@ -563,6 +459,8 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       sourcePorts: `${range.from}-${range.to}`,
       idleMs,
       rebindMs,
+      path: path.kind,
+      pathReason: chosen.reason,
     },
     "sg udp relay listening",
   );
@@ -572,14 +470,19 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     relay: {
       ports: listeners.map((l) => l.port),
       counters,
+      path: path.kind,
+      pathReason: chosen.reason,
+      get fastPathFlows() {
+        return path.carriedFlows;
+      },
       flows() {
         const out: UdpFlowInfo[] = [];
-        for (const s of sessions.values()) {
+        for (const s of table.sessions.values()) {
           const f = s.flow;
           if (!f) continue;
           out.push({
             sessionLogId: s.id,
-            client: `${f.clientIp}:${f.port}`,
+            client: `${f.clientIp}:${f.replyPort}`,
             sourcePort: s.sourcePort,
             packetsUp: f.packetsUp,
             bytesUp: f.bytesUp,
@@ -592,9 +495,11 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       async stop() {
         clearInterval(timer);
         unsubscribe();
-        clock = now();
-        for (const s of [...sessions.values()]) closeSession(s, "stopped");
+        table.clock = now();
+        path.collect();
+        for (const s of [...table.sessions.values()]) closeSession(s, "stopped");
         for (const l of listeners) l.close();
+        await path.stop();
       },
     },
   };

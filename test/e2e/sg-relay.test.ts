@@ -292,7 +292,7 @@ describe("udp flow lifecycle (short timers)", () => {
     await u2?.stop();
   });
 
-  test("a second port of the same IP cannot take a live flow; after rebindMs of silence it can (NAT rebinding)", async () => {
+  test("a second client port joins the session's flow at once and replies follow the port heard last (NAT rebinding)", async () => {
     const adm = admit();
     const c = await control();
     const first = await udpClient();
@@ -303,23 +303,17 @@ describe("udp flow lifecycle (short timers)", () => {
       const sourcePort = u2.flows().find((f) => f.sessionLogId === adm.sessionLogId)?.sourcePort;
       expect(sourcePort).toBeNumber();
 
-      second.sock.send("too-early", u2.ports[0]!, "127.0.0.1");
-      await until(() => u2.counters.drops.flow_limit === 1);
-      first.sock.send("still-live", u2.ports[0]!, "127.0.0.1");
-      await until(() => first.replies.length === 2);
-      await Bun.sleep(300); // the first port falls silent past rebindMs (its NAT mapping moved)
-      expect(second.replies).toEqual([]); // the early datagram was dropped, not answered
-
       second.sock.send("rebound", u2.ports[0]!, "127.0.0.1");
       await until(() => second.replies.length === 1);
       expect(String(second.replies[0])).toBe("rebound");
+      first.sock.send("back", u2.ports[0]!, "127.0.0.1");
+      await until(() => first.replies.length === 2);
+      expect(second.replies.length).toBe(1); // the reply went to the port heard last only
       const flow = u2.flows().find((f) => f.sessionLogId === adm.sessionLogId);
       expect(flow?.sourcePort).toBe(sourcePort!); // same session socket toward the agent
-      expect(u2.counters.flowsRebound).toBe(1);
+      expect(u2.counters.flowsRebound).toBeGreaterThanOrEqual(1);
       const lines = sink2.lines().filter((l) => l.includes(adm.sessionLogId));
-      expect(lines.some((l) => l.includes("sg udp flow closed") && l.includes('"reason":"rebound"'))).toBe(
-        true,
-      );
+      expect(lines.some((l) => l.includes("client port added"))).toBe(true);
     } finally {
       first.sock.close();
       second.sock.close();

@@ -1,0 +1,335 @@
+/**
+ * The kernel UDP data path: the userspace relay binds a flow (admission, first-datagram checks, caps), then this
+ * path adds the flow's map elements to our nftables table (ruleset.ts) and the kernel carries every later
+ * datagram both ways. Per-session bytes and packets come back from named nft counters, read on the relay's sweep.
+ *
+ * Life of a carried flow:
+ * ```
+ * carry(): elements + counters + sp "warm" ─► kernel counts a client datagram ─► collect(): sp no longer warm
+ * reply port moves: carry() again (old elements out, new ones in, a fresh zone, warm again)
+ * release(): final counters read, elements and counters deleted (forwarding stops at once)
+ * ```
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { ipFamily } from "../../net/client-address.ts";
+import type { Logger } from "../../observability/log.ts";
+import type { Flow } from "../flow-table.ts";
+import type { PortRange } from "../port-pool.ts";
+import type { UdpDataPath } from "../udp-datapath.ts";
+import { type Nft, openNft } from "./libnftables.ts";
+import { FAMILY, FORWARDING_MARK_CHAIN, ruleset, TABLE } from "./ruleset.ts";
+
+const IPV4_FORWARD = "/proc/sys/net/ipv4/ip_forward";
+const IPV6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+export interface KernelPathOptions {
+  readonly listenPorts: readonly number[];
+  readonly sourcePorts: PortRange;
+  readonly log: Logger;
+  /** Traffic the kernel carried for a flow since the last report. */
+  readonly onCarried: (flow: Flow, up: Traffic, down: Traffic) => void;
+}
+
+export interface Traffic {
+  packets: number;
+  bytes: number;
+}
+
+interface Carried {
+  readonly flow: Flow;
+  readonly v: 4 | 6;
+  readonly sourcePort: number;
+  /** The client endpoint the elements are keyed by now (`addr . port` in nft syntax). */
+  key: string;
+  zone: number;
+  warm: boolean;
+  /** Up-counter packets when warm started: a higher reading means the NAT binding exists. */
+  warmFrom: number;
+  seenUp: Traffic;
+  seenDown: Traffic;
+}
+
+function readFlag(path: string): boolean | undefined {
+  try {
+    return readFileSync(path, "utf8").trim() === "1";
+  } catch {
+    return undefined;
+  }
+}
+
+function nftKey(ip: string, port: number): string {
+  return `${ip} . ${port}`;
+}
+
+/** The previous instance of us switched forwarding on (its table carries the mark chain): a crash left it on. */
+function previousTurnedForwardingOn(nft: Nft): boolean {
+  return nft.run(`list chain ${FAMILY} ${TABLE} ${FORWARDING_MARK_CHAIN}`).ok;
+}
+
+/**
+ * Opens libnftables, makes sure IPv4 forwarding is on (switching it on when it was off, and then dropping
+ * everything else forwarded), and creates the table. The reason when it cannot, worded for the operator.
+ */
+export function openKernelPath(
+  o: KernelPathOptions,
+): { ok: true; path: UdpDataPath } | { ok: false; reason: string } {
+  const opened = openNft();
+  if (!opened.ok)
+    return {
+      ok: false,
+      reason: `${opened.error}: install the nftables package (Debian: nftables, libnftables1)`,
+    };
+  const nft = opened.nft;
+  const inherited = previousTurnedForwardingOn(nft);
+  const wasOn = readFlag(IPV4_FORWARD);
+  let weEnabled = inherited && wasOn === true;
+  if (wasOn === false) {
+    try {
+      writeFileSync(IPV4_FORWARD, "1");
+      weEnabled = true;
+    } catch (e) {
+      nft.close();
+      return {
+        ok: false,
+        reason: `net.ipv4.ip_forward is 0 and this process cannot set it (${(e as Error).message}): set net.ipv4.ip_forward = 1 in /etc/sysctl.d/ or run with udpFastPath = "off"`,
+      };
+    }
+  }
+  const created = nft.run(
+    ruleset({ listenPorts: o.listenPorts, sourcePorts: o.sourcePorts, dropOtherForwarding: weEnabled }),
+  );
+  if (!created.ok) {
+    if (weEnabled && wasOn === false) writeFlag(IPV4_FORWARD, "0");
+    nft.close();
+    return {
+      ok: false,
+      reason: `creating nftables table ${FAMILY} ${TABLE} failed (${created.error.split("\n")[0]}): the process needs CAP_NET_ADMIN (the unit grants it)`,
+    };
+  }
+  const v6Forwarding = readFlag(IPV6_FORWARD) === true;
+  o.log.info(
+    {
+      table: `${FAMILY} ${TABLE}`,
+      ipv4Forwarding: weEnabled
+        ? "switched on by pcoip-cmsg; only admitted media is forwarded"
+        : "on already",
+      ipv6: v6Forwarding ? "kernel path" : "userspace (net.ipv6.conf.all.forwarding is 0)",
+    },
+    "sg udp fast path: the kernel carries admitted media (nftables)",
+  );
+  return { ok: true, path: kernelPath(nft, o, { weEnabled, v6Forwarding }) };
+}
+
+function writeFlag(path: string, value: "0" | "1"): void {
+  try {
+    writeFileSync(path, value);
+  } catch {
+    // best effort on the way out
+  }
+}
+
+function kernelPath(
+  nft: Nft,
+  o: KernelPathOptions,
+  state: { weEnabled: boolean; v6Forwarding: boolean },
+): UdpDataPath {
+  const bySourcePort = new Map<number, Carried>();
+  const byFlow = new Map<Flow, Carried>();
+  const zonesInUse = new Set<number>();
+  let nextZone = 1;
+  let failuresLogged = 0;
+
+  function takeZone(): number {
+    for (let i = 0; i < 65535; i++) {
+      const z = nextZone;
+      nextZone = nextZone >= 65535 ? 1 : nextZone + 1;
+      if (!zonesInUse.has(z)) {
+        zonesInUse.add(z);
+        return z;
+      }
+    }
+    return 0;
+  }
+
+  function runOrLog(commands: string[], what: string, flow: Flow): boolean {
+    const r = nft.run(commands.join("\n"));
+    if (r.ok) return true;
+    if (failuresLogged++ < 5)
+      flow.session.log.warn(
+        { cause: r.error.split("\n")[0] },
+        `sg udp fast path: ${what} failed; the userspace relay carries this flow`,
+      );
+    return false;
+  }
+
+  function elementDeletes(c: Carried): string[] {
+    const t = `${FAMILY} ${TABLE}`;
+    return [
+      ...["dnat", "snat", "zone", "up", "down"].map((m) => `delete element ${t} ${m}${c.v} { ${c.key} }`),
+      `delete element ${t} zone_port { ${c.sourcePort} }`,
+      ...(c.warm ? [`delete element ${t} warm { ${c.sourcePort} }`] : []),
+    ];
+  }
+
+  function elementAdds(c: Carried, flow: Flow): string[] {
+    const t = `${FAMILY} ${TABLE}`;
+    const a = flow.session.admission;
+    return [
+      `add element ${t} dnat${c.v} { ${c.key} : ${a.agentHost} . ${a.agentUdpPort} }`,
+      `add element ${t} snat${c.v} { ${c.key} : ${c.sourcePort} }`,
+      `add element ${t} zone${c.v} { ${c.key} : ${c.zone} }`,
+      `add element ${t} up${c.v} { ${c.key} : "u${c.sourcePort}" }`,
+      `add element ${t} down${c.v} { ${c.key} : "d${c.sourcePort}" }`,
+      `add element ${t} zone_port { ${c.sourcePort} : ${c.zone} }`,
+      `add element ${t} warm { ${c.sourcePort} }`,
+    ];
+  }
+
+  function readCounters(names: string[]): Map<string, Traffic> {
+    const out = new Map<string, Traffic>();
+    const r = nft.run(
+      names.length > 0
+        ? names.map((n) => `list counter ${FAMILY} ${TABLE} ${n}`).join("\n")
+        : `list counters table ${FAMILY} ${TABLE}`,
+    );
+    if (!r.ok) return out;
+    // One JSON document per command, one per line.
+    for (const line of r.output.split("\n")) {
+      if (!line.trim()) continue;
+      try {
+        const doc = JSON.parse(line) as {
+          nftables?: { counter?: { name: string; packets: number; bytes: number } }[];
+        };
+        for (const item of doc.nftables ?? [])
+          if (item.counter)
+            out.set(item.counter.name, { packets: item.counter.packets, bytes: item.counter.bytes });
+      } catch {
+        // a malformed document: those counters are read again on the next sweep
+      }
+    }
+    return out;
+  }
+
+  function report(c: Carried, counters: Map<string, Traffic>): void {
+    const up = counters.get(`u${c.sourcePort}`);
+    const down = counters.get(`d${c.sourcePort}`);
+    if (!up || !down) return;
+    const dUp = { packets: up.packets - c.seenUp.packets, bytes: up.bytes - c.seenUp.bytes };
+    const dDown = { packets: down.packets - c.seenDown.packets, bytes: down.bytes - c.seenDown.bytes };
+    c.seenUp = up;
+    c.seenDown = down;
+    if (dUp.packets > 0 || dDown.packets > 0) o.onCarried(c.flow, dUp, dDown);
+  }
+
+  return {
+    kind: "kernel",
+    get carriedFlows() {
+      return byFlow.size;
+    },
+    carry(flow) {
+      const a = flow.session.admission;
+      const v = ipFamily(flow.clientIp);
+      if (v === 0 || v !== ipFamily(a.agentHost) || (v === 6 && !state.v6Forwarding)) return;
+      const key = nftKey(flow.clientIp, flow.replyPort);
+      const existing = byFlow.get(flow);
+      if (existing && existing.key === key) return;
+      const t = `${FAMILY} ${TABLE}`;
+      const zone = takeZone();
+      if (zone === 0) return;
+      const cmds: string[] = [];
+      let c: Carried;
+      if (existing) {
+        cmds.push(...elementDeletes(existing));
+        zonesInUse.delete(existing.zone);
+        c = existing;
+        c.key = key;
+        c.zone = zone;
+      } else {
+        const sp = flow.session.sourcePort;
+        cmds.push(`add counter ${t} u${sp}`, `add counter ${t} d${sp}`);
+        c = {
+          flow,
+          v,
+          sourcePort: sp,
+          key,
+          zone,
+          warm: true,
+          warmFrom: 0,
+          seenUp: { packets: 0, bytes: 0 },
+          seenDown: { packets: 0, bytes: 0 },
+        };
+      }
+      c.warm = true;
+      c.warmFrom = c.seenUp.packets;
+      cmds.push(...elementAdds(c, flow));
+      if (!runOrLog(cmds, "programming the flow", flow)) {
+        zonesInUse.delete(zone);
+        if (existing) {
+          byFlow.delete(flow);
+          bySourcePort.delete(existing.sourcePort);
+        }
+        return;
+      }
+      byFlow.set(flow, c);
+      bySourcePort.set(c.sourcePort, c);
+    },
+    release(flow) {
+      const c = byFlow.get(flow);
+      if (!c) return;
+      byFlow.delete(flow);
+      bySourcePort.delete(c.sourcePort);
+      zonesInUse.delete(c.zone);
+      // The last bytes first: the flow's teardown line and the journal carry them.
+      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
+      const t = `${FAMILY} ${TABLE}`;
+      runOrLog(
+        [
+          ...elementDeletes(c),
+          `delete counter ${t} u${c.sourcePort}`,
+          `delete counter ${t} d${c.sourcePort}`,
+        ],
+        "removing the flow",
+        flow,
+      );
+    },
+    collect() {
+      if (byFlow.size === 0) return;
+      const counters = readCounters([]);
+      const cool: string[] = [];
+      for (const c of byFlow.values()) {
+        report(c, counters);
+        // A client datagram went through the NAT binding: it exists, and the agent's answers match it now.
+        if (c.warm && c.seenUp.packets > c.warmFrom) {
+          c.warm = false;
+          cool.push(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
+        }
+      }
+      if (cool.length > 0) nft.run(cool.join("\n"));
+    },
+    async stop() {
+      nft.run(`delete table ${FAMILY} ${TABLE}`);
+      if (state.weEnabled) writeFlag(IPV4_FORWARD, "0");
+      nft.close();
+    },
+  };
+}
+
+/**
+ * Removes our table (and switches forwarding off when the table says we switched it on): the unit's
+ * ExecStopPost, so a crash leaves nothing behind. True when there was something to remove.
+ */
+export function cleanupKernelPath(): { removed: boolean; error?: string } {
+  const opened = openNft();
+  if (!opened.ok) return { removed: false, error: opened.error };
+  const nft = opened.nft;
+  try {
+    if (!nft.run(`list table ${FAMILY} ${TABLE}`).ok) return { removed: false };
+    const forwardingWasOurs = previousTurnedForwardingOn(nft);
+    const r = nft.run(`delete table ${FAMILY} ${TABLE}`);
+    if (!r.ok) return { removed: false, error: r.error };
+    if (forwardingWasOurs) writeFlag(IPV4_FORWARD, "0");
+    return { removed: true };
+  } finally {
+    nft.close();
+  }
+}
