@@ -41,6 +41,8 @@ const SECONDS = envNumber("BENCH_LOGINS_SECONDS", 5);
 const IN_FLIGHT = envNumber("BENCH_LOGINS_IN_FLIGHT", 32);
 const RATE = envNumber("BENCH_LOGINS_RATE", 200);
 const IDLE_RATE = envNumber("BENCH_LOGINS_IDLE_RATE", 20);
+/** BENCH_LOGINS_QUICK=1: only the CM's CPU per login (agent 0 ms closed loop), no nginx, no latency runs. */
+const QUICK = process.env.BENCH_LOGINS_QUICK === "1";
 const CERTS = (process.env.BENCH_LOGINS_CERTS ?? "rsa3072,rsa2048,p256").split(",").map((s) => s.trim());
 const GOAL_RATIO = 0.5;
 const GOAL_LOGINS = 500;
@@ -228,31 +230,10 @@ function describe(label: string, m: Measured<LoginStats>): void {
   );
 }
 
-async function benchCertificate(
-  procs: ProcessSet,
-  pki: TestPki,
-  certName: string,
-  ldapUrl: string,
-  agents: Record<string, number>,
-): Promise<void> {
-  const label = certLabel(certName);
-  const cert = certFor(pki, certName);
-  print(`-- certificate ${label}`);
+const LOGIN_USER = { user: "alice", password: FIXTURE.alice.password };
 
-  // The ceiling: nginx alone on the machine (the CM is not started yet).
-  const nginx = await startNginxTls(procs, certName, cert, pki.ca.cert);
-  await runHandshakes(nginx.port, pki.ca.cert, 8, 1);
-  const ng = await measured({ nginx: nginx.pid }, () =>
-    runHandshakes(nginx.port, pki.ca.cert, IN_FLIGHT, SECONDS),
-  );
-  await nginx.child.stop();
-  const ngCpuMs = (ng.cpuS.nginx! * 1000) / Math.max(1, ng.result.completed);
-  detail(
-    `nginx ${cpus().length} workers, ${IN_FLIGHT} new connections in flight: ${ng.result.completed} handshakes ` +
-      `(${fmt(ng.result.perSecond)}/s), ${ng.result.failed} failed${ng.result.lastError ? ` (${ng.result.lastError})` : ""}; ` +
-      `nginx CPU ${fmt(ngCpuMs)} ms per handshake; ${loadNote(ng)}`,
-  );
-
+/** The appliance with `cert`: built-in broker, slapd for passwords, the two fake agents as desktops. */
+function startCm(procs: ProcessSet, pki: TestPki, certName: string, cert: TestCert, ldapUrl: string) {
   const extraToml = [
     "[auth]",
     'order = ["ldap"]',
@@ -274,7 +255,7 @@ async function benchCertificate(
     'users = ["*"]',
     "",
   ].join("\n");
-  const cm = await startApplianceRun(procs, {
+  return startApplianceRun(procs, {
     name: `cm-logins-${certName}`,
     certFile: cert.certFile,
     keyFile: cert.keyFile,
@@ -284,10 +265,64 @@ async function benchCertificate(
     sg: { maxSessions: 200000, udpSourcePorts: "10000-60000" },
     extraToml,
   });
+}
+
+/** BENCH_LOGINS_QUICK: the CM's CPU per login only, over three closed-loop runs (for A/B of a change). */
+async function quickCpuPerLogin(
+  procs: ProcessSet,
+  pki: TestPki,
+  certName: string,
+  cert: TestCert,
+  ldapUrl: string,
+): Promise<void> {
+  const cm = await startCm(procs, pki, certName, cert, ldapUrl);
   try {
-    const user = { user: "alice", password: FIXTURE.alice.password };
-    const fast: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...user, resourceId: "fast" };
-    const slow: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...user, resourceId: "slow" };
+    const fast: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...LOGIN_USER, resourceId: "fast" };
+    await runLogins(fast, { concurrency: 8, seconds: 1.5 });
+    for (let i = 0; i < 3; i++) {
+      const f = await measured({ cm: cm.pid }, () =>
+        runLogins(fast, { concurrency: IN_FLIGHT, seconds: SECONDS }),
+      );
+      print(
+        `CM CPU per login, ${certLabel(certName)}: ${fmt((f.cpuS.cm! * 1000) / Math.max(1, f.result.completed))} ms ` +
+          `(${f.result.completed} logins, ${fmt(f.result.perSecond)}/s, ${f.result.failed} failed) [${loadNote(f)}]`,
+      );
+    }
+  } finally {
+    await cm.child.stop();
+  }
+}
+
+async function benchCertificate(
+  procs: ProcessSet,
+  pki: TestPki,
+  certName: string,
+  ldapUrl: string,
+  agents: Record<string, number>,
+): Promise<void> {
+  const label = certLabel(certName);
+  const cert = certFor(pki, certName);
+  print(`-- certificate ${label}`);
+
+  if (QUICK) return quickCpuPerLogin(procs, pki, certName, cert, ldapUrl);
+  // The ceiling: nginx alone on the machine (the CM is not started yet).
+  const nginx = await startNginxTls(procs, certName, cert, pki.ca.cert);
+  await runHandshakes(nginx.port, pki.ca.cert, 8, 1);
+  const ng = await measured({ nginx: nginx.pid }, () =>
+    runHandshakes(nginx.port, pki.ca.cert, IN_FLIGHT, SECONDS),
+  );
+  await nginx.child.stop();
+  const ngCpuMs = (ng.cpuS.nginx! * 1000) / Math.max(1, ng.result.completed);
+  detail(
+    `nginx ${cpus().length} workers, ${IN_FLIGHT} new connections in flight: ${ng.result.completed} handshakes ` +
+      `(${fmt(ng.result.perSecond)}/s), ${ng.result.failed} failed${ng.result.lastError ? ` (${ng.result.lastError})` : ""}; ` +
+      `nginx CPU ${fmt(ngCpuMs)} ms per handshake; ${loadNote(ng)}`,
+  );
+
+  const cm = await startCm(procs, pki, certName, cert, ldapUrl);
+  try {
+    const fast: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...LOGIN_USER, resourceId: "fast" };
+    const slow: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...LOGIN_USER, resourceId: "slow" };
     await runLogins(fast, { concurrency: 8, seconds: 1.5 }); // warm-up: JIT
     const pids = { cm: cm.pid, ...agents };
 

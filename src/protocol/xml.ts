@@ -31,6 +31,7 @@
  */
 import { XMLBuilder, XMLParser, XMLValidator, type XmlBuilderOptions } from "fast-xml-parser";
 import type { ParseResult, ProtocolError, XmlNode } from "./types.ts";
+import { fastParseXml } from "./xml-fast.ts";
 
 /** Largest document accepted, in UTF-8 bytes (SPEC §3: 64 KiB request body). */
 export const MAX_DOCUMENT_BYTES = 65536;
@@ -54,6 +55,10 @@ const REPEATED = [
   "resource-types.resource-type",
 ] as const;
 const REPEATED_NAMES: ReadonlySet<string> = new Set(REPEATED.map((p) => p.slice(p.indexOf(".") + 1)));
+const REPEATED_PAIRS: ReadonlySet<string> = new Set(REPEATED);
+/** Whether `child` under `parent` always parses as an array (the fast path's view of REPEATED). */
+export const isRepeated = (parent: string, child: string): boolean =>
+  REPEATED_NAMES.has(child) && REPEATED_PAIRS.has(`${parent}.${child}`);
 
 /** A parsed document: the root element's name and its content (attributes as "@_name", children by name). */
 export interface XmlDocument {
@@ -109,11 +114,20 @@ const builder = new XMLBuilder({
 export const XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>';
 
 /**
- * Parses one document under the limits above. `validate: false` exists for bench/xml-parse.ts only.
+ * Parses one document under the limits above. Small plain documents (every one of a login) are read by the
+ * fast path (xml-fast.ts), which builds the same tree or hands the document to the full path below.
+ * `validate: false` exists for bench/xml-parse.ts only; `fast: false` (the fuzz test) forces the full path.
  * @example parseXml('<pcoip-client version="2.1"><bye/></pcoip-client>')
  *   // → { ok: true, msg: { root: "pcoip-client", node: { "@_version": "2.1", bye: "" } } }
  */
-export function parseXml(xml: string, opts: { validate?: boolean } = {}): ParseResult<XmlDocument> {
+export function parseXml(
+  xml: string,
+  opts: { validate?: boolean; fast?: boolean } = {},
+): ParseResult<XmlDocument> {
+  if (opts.fast !== false && opts.validate !== false) {
+    const fast = fastParseXml(xml, isRepeated);
+    if (fast) return { ok: true, msg: fast };
+  }
   if (xml.length > MAX_DOCUMENT_BYTES || Buffer.byteLength(xml, "utf8") > MAX_DOCUMENT_BYTES) {
     return fail("too_large", `document is larger than ${MAX_DOCUMENT_BYTES} bytes`);
   }

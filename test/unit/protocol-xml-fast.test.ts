@@ -1,0 +1,201 @@
+// Claim: the XML fast path (xml-fast.ts) gives exactly what the full path (scan, validator, fast-xml-parser)
+// gives — the same tree with the same key order, or the same refusal — for any document, and it is the path the
+// documents of a login take.
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { HELLO_DOCUMENT } from "../../bench/lib/logins.ts";
+import { buildLaunchSessionResp } from "../../src/protocol/agent.ts";
+import { isRepeated, parseXml } from "../../src/protocol/xml.ts";
+import { fastParseXml } from "../../src/protocol/xml-fast.ts";
+
+/** Both paths' answers as one order-sensitive string. */
+const viaFast = (xml: string) => JSON.stringify(parseXml(xml));
+const viaFull = (xml: string) => JSON.stringify(parseXml(xml, { fast: false }));
+
+/** Mostly what the fast path reads, sometimes what it must hand over (or what must be refused). */
+const mostly = <T>(plain: readonly T[], odd: readonly T[]): fc.Arbitrary<T> =>
+  fc.oneof(
+    { weight: 8, arbitrary: fc.constantFrom(...plain) },
+    { weight: 1, arbitrary: fc.constantFrom(...odd) },
+  );
+
+const name = mostly(
+  [
+    "a",
+    "b",
+    "pcoip-client",
+    "hello",
+    "caps",
+    "cap",
+    "domains",
+    "domain",
+    "protocols",
+    "protocol",
+    "resource",
+    "get-resource-list-resp",
+    "resource-types",
+    "resource-type",
+    "authentication-methods",
+    "method",
+    "x.y",
+    "_n",
+  ],
+  ["constructor", "__proto__", "hasOwnProperty", "toString", "a:b", "1a", "é"],
+);
+const attrName = mostly(["version", "method", "x", "is-default"], ["__proto__", "a:b", "1"]);
+const textPiece = mostly(
+  [
+    "t",
+    "alice",
+    "0012",
+    " ",
+    "  x ",
+    "\t",
+    "&amp;",
+    "&lt;",
+    "&gt;",
+    "&quot;",
+    "&apos;",
+    "&#65;",
+    "&#x42;",
+    "é",
+  ],
+  [
+    "\n",
+    "\r\n",
+    "\r",
+    "&#0;",
+    "&#xD800;",
+    "&nbsp;",
+    "&",
+    "<",
+    ">",
+    "]]>",
+    '"',
+    "'",
+    "<!-- c -->",
+    "<![CDATA[x<y]]>",
+    "<?pi x?>",
+  ],
+);
+
+const text = fc.array(textPiece, { maxLength: 3 }).map((a) => a.join(""));
+const space = mostly(["", "", " ", "\n"], ["\t", "\r\n"]);
+/** What stands between child elements: white space, sometimes text (mixed content). */
+const gap = mostly(["", "", " ", "\n"], ["\t", "\r\n", "x", '"', "&amp;"]);
+const attr = fc
+  .tuple(attrName, text, fc.constantFrom('"', "'"), space, space)
+  .map(([n, v, q, s1, s2]) => ` ${n}${s1}=${s2}${q}${v}${q}`);
+
+type Gen = fc.Arbitrary<string>;
+const element: (depth: number) => Gen = (depth) =>
+  fc
+    .tuple(
+      name,
+      fc.array(attr, { maxLength: 2 }),
+      space,
+      depth > 0
+        ? fc.oneof(
+            { weight: 2, arbitrary: text.map((t) => ({ kind: "text" as const, t })) },
+            {
+              weight: 3,
+              arbitrary: fc
+                .array(fc.tuple(gap, element(depth - 1)), { maxLength: 4 })
+                .map((cs) => ({ kind: "children" as const, cs })),
+            },
+            { weight: 1, arbitrary: fc.constant({ kind: "empty" as const }) },
+          )
+        : fc.oneof(
+            text.map((t) => ({ kind: "text" as const, t })),
+            fc.constant({ kind: "empty" as const }),
+          ),
+      fc.boolean(),
+    )
+    .map(([name, attrs, sp, content, mixed]) => {
+      const open = `<${name}${attrs.join("")}${sp}`;
+      if (content.kind === "empty") return `${open}/>`;
+      const inner =
+        content.kind === "text" ? content.t : content.cs.map(([s, c]) => s + c).join("") + (mixed ? "x" : "");
+      return `${open}>${inner}</${name}>`;
+    });
+
+const prolog = mostly(
+  ["", '<?xml version="1.0" encoding="UTF-8"?>', "<?xml version='1.0' encoding='UTF-8'?>\n", "\n"],
+  ["\uFEFF<?xml version='1.0'?>", "<?xml?>", "<?xml version=1.0?>", "<!DOCTYPE a>", "<!-- c -->"],
+);
+const tail = mostly(["", "\n"], [" x", "<b/>", "<!-- c -->", "</a>"]);
+const document = fc.tuple(prolog, element(4), tail).map(([p, e, t]) => p + e + t);
+
+/** A document with one markup character inserted, deleted or swapped: mostly not well-formed any more. */
+const mutated = fc
+  .tuple(document, fc.nat(), fc.constantFrom("<", ">", "/", '"', "'", "=", "&", " ", "", "a", "!", "?"))
+  .map(([d, at, ch]) => {
+    const i = d.length === 0 ? 0 : at % d.length;
+    return at % 3 === 0 ? d.slice(0, i) + ch + d.slice(i) : d.slice(0, i) + ch + d.slice(i + 1);
+  });
+
+describe("fast path against fast-xml-parser", () => {
+  test("generated documents: same tree (and key order) or same refusal", () => {
+    fc.assert(
+      fc.property(document, (d) => {
+        expect(viaFast(d)).toBe(viaFull(d));
+      }),
+      { numRuns: 10000 },
+    );
+  });
+
+  test("mutated documents: same tree or same refusal", () => {
+    fc.assert(
+      fc.property(mutated, (d) => {
+        expect(viaFast(d)).toBe(viaFull(d));
+      }),
+      { numRuns: 10000 },
+    );
+  });
+
+  test("the generated documents exercise the fast path (the property above is not vacuous)", () => {
+    const sample = fc.sample(document, 2000);
+    const taken = sample.filter((d) => fastParseXml(d, isRepeated) !== undefined).length;
+    expect(taken).toBeGreaterThan(500);
+  });
+});
+
+describe("the documents of a login take the fast path", () => {
+  const doc = (inner: string) =>
+    `<?xml version='1.0' encoding='UTF-8'?><pcoip-client version='2.1'>${inner}</pcoip-client>`;
+  const login = [
+    HELLO_DOCUMENT,
+    doc(
+      "<authenticate method='password'><username>alice</username><password>p&amp;ss 0012 </password><domain>corp</domain></authenticate>",
+    ),
+    doc(
+      "<get-resource-list><protocols><protocol>PCOIP</protocol></protocols><resource-types><resource-type>DESKTOP</resource-type></resource-types></get-resource-list>",
+    ),
+    doc(
+      "<allocate-resource><resource-id>0</resource-id><protocol>PCOIP</protocol><client-info><ip-address>192.168.1.23</ip-address><mac-address>02:42:ac:11:00:02</mac-address></client-info></allocate-resource>",
+    ),
+    doc("<bye/>"),
+    doc("<bye />"),
+    buildLaunchSessionResp({
+      resultId: "SUCCESSFUL",
+      failReason: "",
+      sessionInfo: {
+        ipAddress: "10.0.0.5",
+        sni: "desktop-1.test",
+        port: 4172,
+        sessionId: "2305843009213693957",
+        sessionTag: "SCS1+abc/def==",
+      },
+    }),
+  ];
+  for (const d of login) {
+    test(
+      d.slice(d.indexOf("version='2.1'>") + 14, d.indexOf("version='2.1'>") + 40) || d.slice(0, 40),
+      () => {
+        const fast = fastParseXml(d, isRepeated);
+        expect(fast).toBeDefined();
+        expect(JSON.stringify({ ok: true, msg: fast })).toBe(viaFull(d));
+      },
+    );
+  }
+});
