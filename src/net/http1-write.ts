@@ -1,7 +1,9 @@
 /**
  * Response serialisation for the front door: canonical header spelling on the wire (real PCoIP clients ignore a
- * lower-case `set-cookie`), one line per cookie, and chunked transfer coding for every body (they refuse
- * Content-Length bodies, PROTOCOL.md §1.2).
+ * lower-case `set-cookie`), one line per cookie, and chunked transfer coding for every body of an HTTP/1.1
+ * request (real clients refuse Content-Length bodies, PROTOCOL.md §1.2). An HTTP/1.0 request cannot read chunked
+ * coding (RFC 9112 §6.1): its body goes with Content-Length, and the connection closes unless the request asked
+ * for keep-alive.
  */
 
 const CANONICAL: Record<string, string> = {
@@ -72,10 +74,13 @@ export function statusHasBody(status: number): boolean {
   return !(status < 200 || status === 204 || status === 304);
 }
 
+/** An HTTP/1.0 answer body is held to learn its length up to this size; past it, it ends with the connection. */
+export const MAX_BUFFERED_BODY_BYTES = 1024 * 1024;
+
 /** The status line and headers of `res`, ending in the blank line. */
 export function serializeHead(
   res: Response,
-  opts: { keepAlive: boolean; chunked: boolean; date: string },
+  opts: { keepAlive: boolean; chunked: boolean; date: string; contentLength?: number },
 ): string {
   let out = `HTTP/1.1 ${res.status} ${res.statusText && /^[\t !-~]*$/.test(res.statusText) ? res.statusText : reasonPhrase(res.status)}\r\n`;
   out += `Date: ${opts.date}\r\n`;
@@ -85,6 +90,7 @@ export function serializeHead(
   }
   for (const cookie of res.headers.getSetCookie()) out += `Set-Cookie: ${cookie}\r\n`;
   if (opts.chunked) out += "Transfer-Encoding: chunked\r\n";
+  else if (opts.contentLength !== undefined) out += `Content-Length: ${opts.contentLength}\r\n`;
   out += opts.keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
   return out;
 }
@@ -111,4 +117,41 @@ export function plainErrorResponse(status: number, reason: string, date: string)
       `Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`,
     "latin1",
   );
+}
+
+type ResponseBody = NonNullable<Response["body"]>;
+
+/**
+ * Reads a response body whole, to send it with Content-Length (HTTP/1.0). Over `limit` bytes it stops and
+ * returns what it read with the reader, for the caller to send the rest delimited by the connection's end.
+ */
+export async function readWholeBody(
+  body: ResponseBody,
+  limit: number = MAX_BUFFERED_BODY_BYTES,
+): Promise<
+  | { readonly whole: true; readonly bytes: Buffer }
+  | {
+      readonly whole: false;
+      readonly head: Buffer;
+      readonly more: () => Promise<Buffer | undefined>;
+    }
+> {
+  const reader = body.getReader();
+  const parts: Buffer[] = [];
+  let size = 0;
+  /** The next piece of the body, undefined at its end. */
+  const more = async (): Promise<Buffer | undefined> => {
+    const { done, value } = await reader.read();
+    if (done) return undefined;
+    return typeof (value as unknown) === "string"
+      ? Buffer.from(value)
+      : Buffer.from(value.buffer, value.byteOffset, value.length);
+  };
+  for (;;) {
+    const b = await more();
+    if (b === undefined) return { whole: true, bytes: Buffer.concat(parts) };
+    parts.push(b);
+    size += b.length;
+    if (size > limit) return { whole: false, head: Buffer.concat(parts), more };
+  }
 }

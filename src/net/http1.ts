@@ -19,7 +19,14 @@ import {
   parseRequestHead,
   type RequestHead,
 } from "./http1-parse.ts";
-import { chunkFrame, LAST_CHUNK, plainErrorResponse, serializeHead, statusHasBody } from "./http1-write.ts";
+import {
+  chunkFrame,
+  LAST_CHUNK,
+  plainErrorResponse,
+  readWholeBody,
+  serializeHead,
+  statusHasBody,
+} from "./http1-write.ts";
 import { createProxiedWire, type ProxiedWire, type Wire } from "./proxy-wire.ts";
 
 export type { Http1Limits } from "./http1-parse.ts";
@@ -334,6 +341,7 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
     keepAlive: boolean,
   ): Promise<boolean> => {
     if (c.phase === "closed") return false;
+    if (head.version === "1.0") return writeHttp10Response(c, res, head, keepAlive);
     const bodyAllowed = statusHasBody(res.status);
     const headText = serializeHead(res, { keepAlive, chunked: bodyAllowed, date: httpDate() });
     const parts: Buffer[] = [Buffer.from(headText, "latin1")];
@@ -422,6 +430,63 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         error: (err) => opts.onError?.(err, c.info),
       },
     });
+
+  /**
+   * An HTTP/1.0 request's answer (http1-write.ts): the body whole with Content-Length; one too large to hold is
+   * sent as it comes and ended by closing the connection (false: the connection must close).
+   */
+  const writeHttp10Response = async (
+    c: Conn,
+    res: Response,
+    head: RequestHead,
+    keepAlive: boolean,
+  ): Promise<boolean> => {
+    const date = httpDate();
+    if (!statusHasBody(res.status) || head.method === "HEAD" || res.body === null) {
+      const length = statusHasBody(res.status) && head.method !== "HEAD" ? 0 : undefined;
+      write(
+        c,
+        Buffer.from(serializeHead(res, { keepAlive, chunked: false, date, contentLength: length }), "latin1"),
+      );
+      return true;
+    }
+    let read: Awaited<ReturnType<typeof readWholeBody>>;
+    try {
+      read = await readWholeBody(res.body);
+    } catch (err) {
+      opts.onError?.(err, c.info);
+      return false;
+    }
+    if (isClosed(c)) return false;
+    if (read.whole) {
+      const headText = serializeHead(res, {
+        keepAlive,
+        chunked: false,
+        date,
+        contentLength: read.bytes.length,
+      });
+      write(c, Buffer.concat([Buffer.from(headText, "latin1"), read.bytes]));
+      return true;
+    }
+    write(
+      c,
+      Buffer.concat([
+        Buffer.from(serializeHead(res, { keepAlive: false, chunked: false, date }), "latin1"),
+        read.head,
+      ]),
+    );
+    try {
+      for (;;) {
+        const piece = await read.more();
+        if (piece === undefined || isClosed(c)) break;
+        write(c, piece);
+        if (c.outBytes > OUT_HIGH_WATER) await new Promise<void>((r) => c.drainWaiters.push(r));
+      }
+    } catch (err) {
+      opts.onError?.(err, c.info);
+    }
+    return false;
+  };
 
   const handler = {
     open(socket: Socket<Conn>) {

@@ -1,6 +1,7 @@
 // Claim: the front door speaks the HTTP/1.1 real PCoIP clients need, on the wire: exact `Set-Cookie` spelling,
-// chunked bodies (never Content-Length), bare-LF requests, keep-alive and pipelining, and every limit enforced
-// by crossing it — while a legitimate client next to a misbehaving one is served.
+// chunked bodies (never Content-Length; an HTTP/1.0 request gets Content-Length), bare-LF requests, keep-alive
+// and pipelining, and every limit enforced by crossing it — while a legitimate client next to a misbehaving one
+// is served.
 import { afterAll, describe, expect, test } from "bun:test";
 import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
 import { countResponses, rawConnect } from "../peers/raw-http.ts";
@@ -91,11 +92,15 @@ describe("front door wire format", () => {
     expect(text).toContain('n="3"');
   });
 
-  test("HTTP/1.0 without keep-alive is answered and closed", async () => {
+  test("HTTP/1.0 without keep-alive is answered with Content-Length (never chunked) and closed", async () => {
     const c = await connect(serve());
     c.send("GET /old HTTP/1.0\r\n\r\n");
-    const text = await c.waitFor((t) => countResponses(t) === 1);
+    const text = await c.waitFor((t) => t.endsWith("/>"));
     expect(text).toContain("Connection: close\r\n");
+    expect(text).toMatch(
+      /\r\nContent-Length: 42\r\n[\s\S]*\r\n\r\n<r m="GET" p="\/old" n="0" ip="127.0.0.1"\/>$/,
+    );
+    expect(text.toLowerCase()).not.toContain("transfer-encoding");
     expect(await c.closed()).toBe(true);
   });
 
