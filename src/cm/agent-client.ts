@@ -24,6 +24,9 @@ import type { AgentAddress } from "./brokers/broker.ts";
 import { createHttpConnection } from "./brokers/upstream-http.ts";
 
 export const AGENT_PATH = "/pcoip-agent/xml";
+/** What the client reads when the desktop's logon refused the user (FAILED_USER_AUTH), from the CM's launch or a broker's. */
+export const AGENT_REFUSED_LOGON_TEXT =
+  "The remote workstation did not accept the user name, password or domain";
 export const DEFAULT_AGENT_TIMEOUT_MS = 20_000;
 
 export interface AgentClientOptions {
@@ -348,7 +351,7 @@ function interpret(where: string, body: string): { ok: true; sessionInfo: Sessio
     return failure(
       "user_auth",
       "ALLOC_FAILED_TO_ALLOCATE_AGENT",
-      "The remote workstation did not accept the user name, password or domain",
+      AGENT_REFUSED_LOGON_TEXT,
       `agent ${where} refused the user's logon (FAILED_USER_AUTH)${reason}`,
       "the password checked by this CM is not what the desktop's Windows/AD logon accepts: check the domain sent (domains, ldap.defaultDomain) and that the desktop is joined to the directory",
     );

@@ -682,7 +682,7 @@ function readRequest(buf: Buffer): RawRequest | "more" | "bad" {
 }
 
 /** POSTs launch-session to the agent over its own TLS (never through HTTPS_PROXY); "timeout" / "error". */
-function postToAgent(
+export function postToAgent(
   host: string,
   port: number,
   body: string,

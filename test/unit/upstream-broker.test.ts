@@ -156,11 +156,12 @@ describe("upstream broker behind the broker interface", () => {
     const conv = upstream.openConversation(ctx);
     broker.fail("http-500", { op: "hello", times: 1 });
     const hello = await conv.hello(HELLO());
-    expect(hello.authenticationMethods).toEqual([]);
+    // The documented hello-resp shape (PROTOCOL.md §2.2): the password step then reports the broker error.
+    expect(hello.authenticationMethods).toEqual(["AUTHENTICATE_VIA_PASSWORD"]);
     const xml = buildHelloResp(hello);
-    expect(xml).toContain("<result-str>Error occurred while communicating with broker</result-str>");
+    expect(xml).not.toContain("<result>");
     expect(xml).toContain("<pcm-info>");
-    expect(xml).not.toContain("<next-authentication>");
+    expect(xml).toContain("<next-authentication>");
 
     await conv.hello(HELLO());
     broker.fail("garbage", { op: "authenticate", times: 1 });

@@ -311,7 +311,7 @@ describe("relaying one conversation", () => {
     expect(requestsSince(start)).toEqual([]);
   });
 
-  test("an HTTP 500 resets the broker's side; the next request rebuilds it", async () => {
+  test("a broker that reset its side on a 500 without saying so: its 'Unexpected message' next time makes the CM rebuild and resend", async () => {
     const { conversation, sink } = setup(broker);
     const c = conversation();
     open.push(c);
@@ -329,7 +329,13 @@ describe("relaying one conversation", () => {
     const start = broker.requests.length;
     const retry = await c.getResourceList(LIST(), ALICE);
     expect(retry.ok).toBe(true);
-    expect(requestsSince(start).map((r) => r.op)).toEqual(["hello", "authenticate", "get-resource-list"]);
+    expect(requestsSince(start).map((r) => `${r.op}:${r.status}`)).toEqual([
+      "get-resource-list:500",
+      "hello:200",
+      "authenticate:200",
+      "get-resource-list:200",
+    ]);
+    expect(sink.text()).toContain("sending get-resource-list again");
   });
 
   test("the broker's cookie is taken from an error answer too, and sent from then on", async () => {

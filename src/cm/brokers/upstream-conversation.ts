@@ -2,8 +2,17 @@
  * One client conversation relayed to the upstream broker: its own cookie jar, its own kept-alive connection,
  * and a record of where the broker's side of the conversation stands, because a real broker is strict
  * (PROTOCOL.md §10): hello → authenticate (repeatable on failure) → get-resource-list → allocate-resource →
- * bye, an out-of-order message or an HTTP 500 resets it to "waiting for hello", and after a successful
- * allocation only bye is accepted.
+ * bye, and after a successful allocation only bye is accepted.
+ *
+ * A failed request says one of three things about the broker's side (PROTOCOL.md §10):
+ *   - "this request failed": an HTTP error from an exception in the broker (an empty password, a slow agent)
+ *     leaves its conversation where it was — the CM keeps its record and the next request goes straight on;
+ *   - "the broker reset our session": its protocol-order error (500 "Unexpected message"), or an answer that
+ *     dropped or replaced our cookie — the broker is at "waiting for hello" and did not act on the request, so
+ *     the CM rebuilds the conversation and sends the request once more: the client never pays for the broker's
+ *     bookkeeping with a failure, nor with a second one after a first;
+ *   - unknown (a timeout, a connection closed mid-answer): the cookie is dropped and a fresh broker session is
+ *     started (hello and the sign-in replayed) before the next request.
  *
  * The CM's own state machine is more tolerant (a client may list again, or allocate another desktop, after an
  * allocation). When the client asks for something the broker's conversation is past, this module ends it
@@ -66,6 +75,8 @@ export interface UpstreamConversation {
   readonly phase: Phase;
   /** Whether the conversation currently holds a broker cookie (never its value). */
   readonly hasCookie: boolean;
+  /** Whether `resourceId` was in the last resource list the client got in this conversation. */
+  listed(resourceId: string): boolean;
 }
 
 /** Relays the client's probe hello (QueryBrokerClient) on its own connection, keeping no cookie and no state. */
@@ -115,11 +126,35 @@ export function createUpstreamConversation(
     const timeout = req.op === "allocate-resource" ? settings.allocateTimeoutMs : settings.timeoutMs;
     const r = await exchange(settings, req, facts, jar, slot, timeout, log);
     if (!r.ok) {
-      // An HTTP error answer resets a real broker's conversation; other failures leave it unknown.
-      phase = r.failure.kind === "http_status" ? "none" : "unknown";
+      // An HTTP error answer says whether the broker reset its side or kept it (module header); the
+      // other failures leave it unknown.
+      if (r.failure.kind === "http_status") {
+        if (r.failure.brokerSession === "reset") phase = "none";
+      } else phase = "unknown";
       return logged(r, log, settings);
     }
     return { ok: true, resp: r.resp as T };
+  };
+
+  /**
+   * `send`, and when the broker answers that it reset its side without acting on the request, the conversation
+   * rebuilt up to `before` (the phase the request needs) and the request sent once more.
+   */
+  const sendRecovering = async <T extends BrokerResponse>(
+    req: ClientRequest,
+    facts: ClientFacts,
+    before: "none" | "hello" | "authed" | "listed",
+  ): Promise<Relayed<T>> => {
+    const r = await send<T>(req, facts);
+    if (r.ok || r.failure.brokerSession !== "reset") return r;
+    const why = `the broker reset its side of the conversation when it got ${req.op}`;
+    if (before !== "none") {
+      const picked = req.op === "allocate-resource" ? req.resourceId : undefined;
+      const rebuilt = await rebuildFor(before, facts, why, picked);
+      if (!rebuilt.ok) return rebuilt;
+    }
+    log.info({ broker: settings.connect.endpoint.url, op: req.op }, `${why}; sending ${req.op} again`);
+    return send<T>(req, facts);
   };
 
   /** Ends the broker's side, so that the next step starts from "waiting for hello". */
@@ -212,6 +247,38 @@ export function createUpstreamConversation(
     return { ok: true, resp: undefined };
   };
 
+  /**
+   * `rebuild`, and for an allocation the check that the rebuilt list still names the same desktop under the id
+   * the client picked (resource ids may be list positions: "0", "1", …).
+   */
+  const rebuildFor = async (
+    target: "hello" | "authed" | "listed",
+    facts: ClientFacts,
+    why: string,
+    picked?: string,
+  ): Promise<Relayed<undefined>> => {
+    const before = listed;
+    const rebuilt = await rebuild(target, facts, why);
+    if (!rebuilt.ok || picked === undefined) return rebuilt;
+    const id = picked;
+    const name = before.get(id);
+    if (name !== undefined && listed.get(id) !== name) {
+      const failure: BrokerFailure = {
+        kind: "conversation_lost",
+        timeout: false,
+        what: `rebuilding the conversation with the broker ${settings.connect.endpoint.url}`,
+        cause: `the broker's resource list changed: resource id "${id}" no longer names "${name}"`,
+        fix: "the user refreshes the desktop list and picks again",
+      };
+      log.warn(
+        { broker: settings.connect.endpoint.url, failure: failure.kind },
+        describeBrokerFailure(failure),
+      );
+      return { ok: false, failure };
+    }
+    return rebuilt;
+  };
+
   return {
     get phase() {
       return phase;
@@ -219,14 +286,17 @@ export function createUpstreamConversation(
     get hasCookie() {
       return jar.size > 0;
     },
+    listed: (resourceId) => listed.has(resourceId),
 
     hello: (req, facts) =>
       serial(async () => {
         await endBrokerSide(facts, "the client said hello again");
-        const r = await send<HelloResp>(req, facts);
         savedHello = req;
         steps = [];
         authComplete = false;
+        lastListReq = undefined;
+        listed = new Map();
+        const r = await sendRecovering<HelloResp>(req, facts, "none");
         if (r.ok) phase = "hello";
         return r;
       }),
@@ -243,7 +313,11 @@ export function createUpstreamConversation(
           steps = [];
           authComplete = false;
         }
-        const r = await send<AuthenticateResp>(req, facts);
+        // A first step can be sent again after a reset; a later one (a dialog) needs the steps before it.
+        const r =
+          steps.length === 0
+            ? await sendRecovering<AuthenticateResp>(req, facts, "hello")
+            : await send<AuthenticateResp>(req, facts);
         if (!r.ok) return r;
         const id = r.resp.result.resultId;
         if (id === "AUTH_SUCCESSFUL_AND_COMPLETE" || id === "AUTH_SUCCESSFUL") {
@@ -262,7 +336,9 @@ export function createUpstreamConversation(
           const rebuilt = await rebuild("authed", facts, reason(phase, "list"));
           if (!rebuilt.ok) return rebuilt;
         }
-        const r = await send<GetResourceListResp>(req, facts);
+        const r = authComplete
+          ? await sendRecovering<GetResourceListResp>(req, facts, "authed")
+          : await send<GetResourceListResp>(req, facts);
         if (!r.ok) return r;
         phase = "listed";
         lastListReq = req;
@@ -272,27 +348,14 @@ export function createUpstreamConversation(
 
     allocateResource: (req, facts) =>
       serial(async () => {
-        if (phase !== "listed" && authComplete && lastListReq) {
-          const before = listed;
-          const rebuilt = await rebuild("listed", facts, reason(phase, "allocate"));
+        const canRebuild = authComplete && lastListReq !== undefined;
+        if (phase !== "listed" && canRebuild) {
+          const rebuilt = await rebuildFor("listed", facts, reason(phase, "allocate"), req.resourceId);
           if (!rebuilt.ok) return rebuilt;
-          // Resource ids may be list positions ("0", "1", …): the rebuilt list must name the same desktop there.
-          if (before.has(req.resourceId) && before.get(req.resourceId) !== listed.get(req.resourceId)) {
-            const failure: BrokerFailure = {
-              kind: "conversation_lost",
-              timeout: false,
-              what: `rebuilding the conversation with the broker ${settings.connect.endpoint.url}`,
-              cause: `the broker's resource list changed: resource id "${req.resourceId}" no longer names "${before.get(req.resourceId)}"`,
-              fix: "the user refreshes the desktop list and picks again",
-            };
-            log.warn(
-              { broker: settings.connect.endpoint.url, failure: failure.kind },
-              describeBrokerFailure(failure),
-            );
-            return { ok: false, failure };
-          }
         }
-        const r = await send<AllocateResourceResp>(req, facts);
+        const r = canRebuild
+          ? await sendRecovering<AllocateResourceResp>(req, facts, "listed")
+          : await send<AllocateResourceResp>(req, facts);
         if (!r.ok) return r;
         if (r.resp.result.resultId === "ALLOC_SUCCESSFUL" && r.resp.target) phase = "allocated";
         return r;

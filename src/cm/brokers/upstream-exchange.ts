@@ -113,11 +113,12 @@ export async function exchange(
       reused = false;
     }
     slot.conn = conn;
+    const sentAt = Date.now();
     const r = await conn.exchange(request(), remaining(deadline));
     if (r.ok) {
-      if (jar) takeCookies(jar, r.response);
+      const renewed = jar ? takeCookiesNoticingRenewal(jar, r.response, req.op) : false;
       if (!r.response.reusable || conn.closed) slot.conn = undefined;
-      return judge(r.response, req, what, endpoint.url);
+      return judge(r.response, req, what, endpoint.url, { elapsedMs: Date.now() - sentAt, renewed });
     }
     slot.conn = undefined;
     if (r.kind === "closed_before_response" && reused && attempt === 0) {
@@ -183,9 +184,39 @@ export function takeCookies(jar: CookieJar, resp: Pick<HttpResponse, "headers">)
   }
 }
 
-function judge(resp: HttpResponse, req: ClientRequest, what: string, url: string): ExchangeResult {
+/**
+ * Takes the answer's cookies into the jar and says whether they replaced the broker session the jar held: a
+ * cookie we held was dropped or given another value, or a request other than hello (which opens a session) was
+ * answered with a first cookie. Either way the broker is now holding a new, empty session for us.
+ */
+function takeCookiesNoticingRenewal(
+  jar: CookieJar,
+  resp: Pick<HttpResponse, "headers">,
+  op: string,
+): boolean {
+  const before = new Map(jar);
+  takeCookies(jar, resp);
+  if (before.size === 0) return op !== "hello" && jar.size > 0;
+  for (const [name, value] of before) if (jar.get(name) !== value) return true;
+  return false;
+}
+
+/**
+ * The protocol-order error of a falcon/ILS-style broker: its handler found no route for the message in the
+ * session's state, reset the session to "waiting for hello" and answered 500 "Unexpected message received…".
+ */
+const RESET_MARKER = /unexpected message/i;
+
+function judge(
+  resp: HttpResponse,
+  req: ClientRequest,
+  what: string,
+  url: string,
+  seen: { elapsedMs: number; renewed: boolean },
+): ExchangeResult {
   if (resp.status !== 200) {
     const said = errorDescription(resp.body);
+    const reset = seen.renewed || RESET_MARKER.test(said || resp.body.slice(0, 2048));
     return {
       ok: false,
       failure: {
@@ -193,8 +224,10 @@ function judge(resp: HttpResponse, req: ClientRequest, what: string, url: string
         timeout: false,
         what,
         status: resp.status,
-        cause: `the broker answered HTTP ${resp.status}${resp.reason ? ` ${resp.reason}` : ""}${said ? ` ("${said}")` : ""}`,
-        fix: statusFix(resp.status, req.op),
+        brokerSession: reset ? "reset" : "kept",
+        elapsedMs: seen.elapsedMs,
+        cause: `the broker answered HTTP ${resp.status}${resp.reason ? ` ${resp.reason}` : ""}${said ? ` ("${said}")` : ""} after ${formatElapsed(seen.elapsedMs)}${reset ? "; it started its side of the conversation over" : ""}`,
+        fix: statusFix(resp.status, req.op, seen.elapsedMs, reset),
       },
     };
   }
@@ -223,17 +256,29 @@ function errorDescription(body: string): string {
   return m ? m[1]!.replace(/\s+/g, " ").trim() : "";
 }
 
-function statusFix(status: number, op: string): string {
+/** "21 ms", "10.4 s". */
+function formatElapsed(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** A broker's own agent timeout is about 10 s (ILS); an error this late after allocate-resource is most likely it. */
+const AGENT_TIMEOUT_HINT_MS = 5000;
+
+function statusFix(status: number, op: string, elapsedMs: number, reset: boolean): string {
   if (status === 404) return "check the path of brokerUrl (the broker serves /pcoip-broker/xml)";
   if (status === 400)
     return "the broker could not read the request; check upstream.dialect (pcoip-client or pcoip-broker)";
   if (status === 401 || status === 403)
     return "the broker refuses this CM; check the broker's access rules for this host";
-  if (status >= 500 && op === "allocate-resource") {
-    return "see the broker's log; a 500 about 10 s after allocate-resource usually means the broker could not reach the desktop's agent (port 60443)";
+  if (status >= 500 && reset) {
+    return "see the broker's log; it reset its side of the conversation (a message out of the order it expects), so the CM starts it over";
   }
-  if (status >= 500)
-    return "see the broker's log; a 500 also resets the broker's conversation (the user signs in again)";
+  if (status >= 500 && op === "allocate-resource") {
+    return elapsedMs >= AGENT_TIMEOUT_HINT_MS
+      ? `see the broker's log; an error ${formatElapsed(elapsedMs)} after allocate-resource usually means the broker could not reach the desktop's agent (port 60443) within its own agent timeout`
+      : `see the broker's log; it answered within ${formatElapsed(elapsedMs)}, too soon for its agent timeout (about 10 s): the broker refused or could not handle this allocation`;
+  }
+  if (status >= 500) return "see the broker's log (an error inside the broker; its conversation is kept)";
   return "see the broker's log";
 }
 

@@ -46,6 +46,15 @@ export interface BrokerFailure {
   readonly fix: string;
   /** The broker's (or proxy's) HTTP status, when there was one. */
   readonly status?: number;
+  /**
+   * For an HTTP error answer: what it says about the broker's side of the conversation. "reset": the broker
+   * started over without acting on the request (its "Unexpected message" protocol-order error, or the answer
+   * dropped or replaced our session cookie); "kept": only this request failed (an exception in the broker), its
+   * conversation is where it was. Other failures leave the broker's side unknown.
+   */
+  readonly brokerSession?: "reset" | "kept";
+  /** Milliseconds from sending the request to the broker's (error) answer, when it answered. */
+  readonly elapsedMs?: number;
 }
 
 /** The vendor sentence for a failure: "Timeout occurred …" for timeouts, "Error occurred …" otherwise. */

@@ -11,9 +11,14 @@
  * becomes the operation's failure result with "Error occurred while communicating with broker" or "Timeout
  * occurred while communicating with broker", and one log line naming the cause and the fix.
  *
- * allocate-resource: a complete `target` means the broker launched the session (used as is); a target naming
- * only the desktop host means the CM launches it on that host's agent (`agentPort`, default 60443). A missing
- * target is a failure whatever the result id; the broker's own failure ids and texts pass through.
+ * allocate-resource: a resource id that was not in the list relayed to this client is answered
+ * ALLOC_FAILED_RESOURCE_NOT_AVAILABLE without asking the broker (the CM knows the list; a broker asked about an
+ * unknown id answers a misleading "Error occurred while communicating with broker"). A complete `target` means
+ * the broker launched the session (used as is); a target naming only the desktop host means the CM launches it
+ * on that host's agent (`agentPort`, default 60443). A missing target is a failure whatever the result id.
+ *
+ * Result ids: the broker's pass through when clients know them; others (agent codes a broker passes on, ids of
+ * its own) are mapped by upstream-results.ts (the table in PROTOCOL.md §2.5) and the original is logged.
  *
  * Transport choice: Bun's fetch was rejected for the broker leg. It sends every HTTPS request through
  * HTTPS_PROXY when that is set (agents included), hides keep-alive reuse and retries, does not expose the
@@ -26,19 +31,22 @@ import type { Logger } from "../../observability/log.ts";
 import { isCompleteTarget, PROBE_PRODUCT_NAME, parseClientRequest } from "../../protocol/broker.ts";
 import { result, VENDOR_TEXT } from "../../protocol/results.ts";
 import type { AllocateResourceResp, Hello, HelloResp, ProductInfo, Result } from "../../protocol/types.ts";
-import type { Allocation, Broker, BrokerConversation, ConversationContext, Identity } from "./broker.ts";
+import {
+  type Allocation,
+  type Broker,
+  type BrokerConversation,
+  type ConversationContext,
+  type Identity,
+  PASSWORD_METHOD,
+} from "./broker.ts";
 import {
   type ConversationSettings,
   createUpstreamConversation,
   relayProbe,
 } from "./upstream-conversation.ts";
 import type { ClientFacts } from "./upstream-exchange.ts";
-import {
-  type BrokerFailure,
-  brokerFailureResult,
-  brokerFailureText,
-  describeBrokerFailure,
-} from "./upstream-failures.ts";
+import { brokerFailureResult, describeBrokerFailure } from "./upstream-failures.ts";
+import { inClientVocabulary } from "./upstream-results.ts";
 import { resolveUpstreamOptions, type SettingsError, type UpstreamOptions } from "./upstream-settings.ts";
 
 export type { BrokerFailure } from "./upstream-failures.ts";
@@ -84,6 +92,7 @@ export function createUpstreamBroker(
     clientLogId: ctx.clientLogId || ctx.sessionLogId,
   });
   const withPcm = (resp: HelloResp): HelloResp => ({ ...resp, pcm: pcmInfo });
+  const unreachableHello = (): HelloResp => failedHello(pcmInfo, base.connect.endpoint.host);
 
   const classify = (resourceId: string, resp: AllocateResourceResp, log: Logger): Allocation => {
     const ok = resp.result.resultId === "ALLOC_SUCCESSFUL";
@@ -123,7 +132,7 @@ export function createUpstreamBroker(
 
     async probe(req, ctx) {
       const r = await relayProbe(settingsFor(ctx.log), req, factsOf(ctx), ctx.log);
-      return r.ok ? withPcm(r.resp) : failedHello(pcmInfo, r.failure);
+      return r.ok ? withPcm(r.resp) : unreachableHello();
     },
 
     openConversation(ctx): BrokerConversation {
@@ -136,7 +145,7 @@ export function createUpstreamBroker(
         async hello(req) {
           claimed = undefined;
           const r = await conv.hello(req, facts);
-          return r.ok ? withPcm(r.resp) : failedHello(pcmInfo, r.failure);
+          return r.ok ? withPcm(r.resp) : unreachableHello();
         },
         async authenticate(req) {
           if (req.username !== "") claimed = { user: req.username, domain: req.domain };
@@ -150,14 +159,15 @@ export function createUpstreamBroker(
               },
             };
           }
-          if (r.resp.result.resultId !== "AUTH_SUCCESSFUL_AND_COMPLETE") return { resp: r.resp };
+          const resp = inClientVocabulary(r.resp, ctx.log, url);
+          if (resp.result.resultId !== "AUTH_SUCCESSFUL_AND_COMPLETE") return { resp };
           // A sign-in completed by a step that names no user (a relayed method this CM does not model) has none.
-          return { resp: r.resp, identity: claimed ?? { user: "", domain: "" } };
+          return { resp, identity: claimed ?? { user: "", domain: "" } };
         },
         async getResourceList(req) {
           const r = await conv.getResourceList(req, facts);
           return r.ok
-            ? r.resp
+            ? inClientVocabulary(r.resp, ctx.log, url)
             : {
                 op: "get-resource-list-resp",
                 result: brokerFailureResult("get-resource-list", r.failure),
@@ -165,13 +175,20 @@ export function createUpstreamBroker(
               };
         },
         async allocateResource(req) {
+          if (!conv.listed(req.resourceId)) {
+            ctx.log.info(
+              { broker: url, resourceId: req.resourceId.slice(0, 200) },
+              "allocating: the resource id is not in the list relayed to this client; refused without asking the broker",
+            );
+            return { kind: "refused", resp: failedAllocation(result("ALLOC_FAILED_RESOURCE_NOT_AVAILABLE")) };
+          }
           const r = await conv.allocateResource(req, facts);
           if (!r.ok)
             return {
               kind: "refused",
               resp: failedAllocation(brokerFailureResult("allocate-resource", r.failure)),
             };
-          return classify(req.resourceId, r.resp, ctx.log);
+          return classify(req.resourceId, inClientVocabulary(r.resp, ctx.log, url), ctx.log);
         },
         async bye(req) {
           const r = await conv.bye(req, facts);
@@ -197,18 +214,28 @@ function failedAllocation(r: Result): AllocateResourceResp {
 }
 
 /**
- * hello-resp has no result block in the protocol; when the broker cannot be reached the client gets a hello-resp
- * that offers no authentication method, this CM's pcm-info, and a `result` element with the vendor sentence
- * (clients that read it show it; others stop at "no method").
+ * The hello-resp while the broker cannot be reached: the documented shape (PROTOCOL.md §2.2 — brokers-info,
+ * this CM's pcm-info, next-authentication offering the password method), with no `result`, which hello-resp
+ * does not have. The client goes on to its password step as always; that step retries the broker, and while it
+ * is still down answers AUTH_FAILED_BROKER_ERROR with the vendor sentence — an authenticate-resp failure, which
+ * every client shows. The log line of the failed hello names the cause.
  */
-function failedHello(pcmInfo: ProductInfo, failure: BrokerFailure): HelloResp {
+function failedHello(pcmInfo: ProductInfo, brokerHost: string): HelloResp {
   return {
     op: "hello-resp",
-    brokers: [],
+    brokers: [
+      {
+        productName: "upstream broker (not reachable)",
+        productVersion: "",
+        platform: "",
+        locale: pcmInfo.locale ?? "en_US",
+        ipAddress: "N/A",
+        hostname: brokerHost,
+      },
+    ],
     pcm: pcmInfo,
-    authenticationMethods: [],
+    authenticationMethods: [PASSWORD_METHOD],
     domains: [],
-    node: { result: { "result-id": "AUTH_FAILED_BROKER_ERROR", "result-str": brokerFailureText(failure) } },
   };
 }
 
