@@ -274,18 +274,23 @@ async function quickCpuPerLogin(
   certName: string,
   cert: TestCert,
   ldapUrl: string,
+  agents: Record<string, number>,
 ): Promise<void> {
   const cm = await startCm(procs, pki, certName, cert, ldapUrl);
   try {
     const fast: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...LOGIN_USER, resourceId: "fast" };
     await runLogins(fast, { concurrency: 8, seconds: 1.5 });
     for (let i = 0; i < 3; i++) {
-      const f = await measured({ cm: cm.pid }, () =>
+      const f = await measured({ cm: cm.pid, ...agents }, () =>
         runLogins(fast, { concurrency: IN_FLIGHT, seconds: SECONDS }),
       );
       print(
         `CM CPU per login, ${certLabel(certName)}: ${fmt((f.cpuS.cm! * 1000) / Math.max(1, f.result.completed))} ms ` +
-          `(${f.result.completed} logins, ${fmt(f.result.perSecond)}/s, ${f.result.failed} failed) [${loadNote(f)}]`,
+          `(${f.result.completed} logins, ${fmt(f.result.perSecond)}/s, ${f.result.failed} failed; per login: ` +
+          `${Object.entries(f.cpuS)
+            .filter(([k]) => k !== "cm")
+            .map(([k, v]) => `${k} ${fmt((v * 1000) / Math.max(1, f.result.completed))} ms`)
+            .join(", ")}) [${loadNote(f)}]`,
       );
     }
   } finally {
@@ -304,7 +309,7 @@ async function benchCertificate(
   const cert = certFor(pki, certName);
   print(`-- certificate ${label}`);
 
-  if (QUICK) return quickCpuPerLogin(procs, pki, certName, cert, ldapUrl);
+  if (QUICK) return quickCpuPerLogin(procs, pki, certName, cert, ldapUrl, agents);
   // The ceiling: nginx alone on the machine (the CM is not started yet).
   const nginx = await startNginxTls(procs, certName, cert, pki.ca.cert);
   await runHandshakes(nginx.port, pki.ca.cert, 8, 1);

@@ -22,6 +22,7 @@ import type { Result, SessionInfo } from "../protocol/types.ts";
 import { clientTls } from "../tls/policy.ts";
 import type { AgentAddress } from "./brokers/broker.ts";
 import { createHttpConnection } from "./brokers/upstream-http.ts";
+import { createTlsSessionCache, type TlsSessionCache } from "./tls-sessions.ts";
 
 export const AGENT_PATH = "/pcoip-agent/xml";
 /** What the client reads when the desktop's logon refused the user (FAILED_USER_AUTH), from the CM's launch or a broker's. */
@@ -38,6 +39,8 @@ export interface AgentClientOptions {
   readonly ca?: string;
   /** TLS 1.2 suites (default the vendor's list). */
   readonly suites?: readonly string[];
+  /** Agents whose last TLS session is kept for resumption. Default 4096; 0 = always a full handshake. */
+  readonly maxTlsSessions?: number;
 }
 
 export interface LaunchRequest {
@@ -83,6 +86,8 @@ export interface AgentClientCounters {
   /** Sum and count of call durations (ms), for an average or a Prometheus summary. */
   latencyMsSum: number;
   latencyCount: number;
+  /** Connections that resumed a kept TLS session instead of a full handshake. */
+  tlsResumed: number;
 }
 
 export interface AgentClient {
@@ -94,6 +99,8 @@ export function createAgentClient(options: AgentClientOptions = {}): AgentClient
   const timeoutMs = options.timeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS;
   const verify = options.verify ?? false;
   const tls = clientTls({ ca: options.ca, verify, ...(options.suites ? { suites: options.suites } : {}) });
+  const sessions =
+    (options.maxTlsSessions ?? 4096) > 0 ? createTlsSessionCache(options.maxTlsSessions ?? 4096) : undefined;
   const counters: AgentClientCounters = {
     launches: 0,
     failures: {
@@ -112,14 +119,16 @@ export function createAgentClient(options: AgentClientOptions = {}): AgentClient
     },
     latencyMsSum: 0,
     latencyCount: 0,
+    tlsResumed: 0,
   };
 
   const call = async (req: LaunchRequest): Promise<{ ok: true; sessionInfo: SessionInfo } | AgentFailure> => {
     const { agent } = req;
     const where = `${isIP(agent.host) === 6 ? `[${agent.host}]` : agent.host}:${agent.port}`;
     const deadline = Date.now() + timeoutMs;
-    const connected = await open(agent, where, tls, verify, timeoutMs);
+    const connected = await open(agent, where, tls, verify, timeoutMs, sessions);
     if ("kind" in connected) return connected;
+    if (connected.socket.isSessionReused()) counters.tlsResumed++;
     const conn = createHttpConnection(connected.socket);
     try {
       const body = buildLaunchSession({
@@ -201,31 +210,43 @@ export function createAgentClient(options: AgentClientOptions = {}): AgentClient
   };
 }
 
-/** Opens the TLS connection, or says why not. */
+/**
+ * Opens the TLS connection, or says why not. With `sessions`, the agent's last session is offered (resumption)
+ * and the new one kept once the connection is accepted (judged, when `verify`).
+ */
 function open(
   agent: AgentAddress,
   where: string,
   tls: ReturnType<typeof clientTls>,
   verify: boolean,
   timeoutMs: number,
+  sessions: TlsSessionCache | undefined,
 ): Promise<{ socket: TLSSocket } | AgentFailure> {
   return new Promise((resolve) => {
     let settled = false;
+    const servername = isIP(agent.host) === 0 ? agent.host : undefined;
+    const sessionKey = `${agent.host}|${agent.port}|${servername ?? ""}`;
+    const session = sessions?.get(sessionKey);
     const socket = tlsConnect({
       host: agent.host,
       port: agent.port,
-      ...(isIP(agent.host) === 0 ? { servername: agent.host } : {}),
+      ...(servername ? { servername } : {}),
       ...(tls.ca ? { ca: tls.ca } : {}),
+      ...(session ? { session } : {}),
       ciphers: tls.ciphers,
       minVersion: "TLSv1.2",
       // Judged below, so that a refusal can name the rule.
       rejectUnauthorized: false,
     });
+    const watched = sessions?.watch(sessionKey, socket);
     const finish = (r: { socket: TLSSocket } | AgentFailure) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      if ("kind" in r) socket.destroy();
+      if ("kind" in r) {
+        sessions?.drop(sessionKey);
+        socket.destroy();
+      } else watched?.accept();
       resolve(r);
     };
     const timer = setTimeout(() => finish(timeoutFailure(where, timeoutMs, "connecting")), timeoutMs);
