@@ -269,6 +269,25 @@ const cm = section("cm", {
   headerTimeoutSeconds: int(10, 1, 300, "The request head must arrive within this (slow clients)."),
   idleTimeoutSeconds: int(60, 1, 3600, "Idle keep-alive connections are closed after this."),
   maxConnections: int(20000, 1, 1000000, "Client connections open at once on the HTTPS listeners."),
+  // Per-client-IP caps (issue 16): high defaults, because a corporate NAT is one IP.
+  maxConnectionsPerIp: int(
+    256,
+    1,
+    1000000,
+    "Connections one client IP may hold open on the CM's listeners (load balancers exempt); more are closed.",
+  ),
+  maxPreSessionsPerIp: int(
+    64,
+    1,
+    1000000,
+    "Pre-session conversations per client IP; beyond, that IP's oldest not-yet-signing-in one is evicted.",
+  ),
+  maxPasswordChecksPerIp: int(
+    4,
+    1,
+    10000,
+    "Password checks from one client IP at once; further ones queue up to 10 s, then get the busy answer.",
+  ),
   agentTimeoutSeconds: int(20, 1, 300, "Longest wait for an agent's launch-session answer."),
   // PROXY protocol (issue 19): an L4 balancer passing TLS through names the client in a header.
   proxyProtocolFrom: doc(

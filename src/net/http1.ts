@@ -9,6 +9,8 @@
  */
 import { createSecureContext, type SecureContext } from "node:tls";
 import type { Socket, TCPSocketListener, TCPSocketListenOptions } from "bun";
+import { canonicalIp } from "./client-address.ts";
+import type { ConnectionGuard } from "./connection-guard.ts";
 import {
   ChunkedDecoder,
   DEFAULT_LIMITS,
@@ -64,11 +66,16 @@ export interface Http1ServerOptions {
   /** Connections beyond this are closed at once (descriptor exhaustion guard). */
   readonly maxConnections?: number;
   /**
-   * The process's descriptor budget (sg/limits.ts), shared with the SG relays: each connection takes one, and
+   * The CM's descriptor budget (sg/limits.ts; the SG relays have their own): each connection takes one, and
    * one that does not fit is closed at once. Kept under RLIMIT_NOFILE, accept() never meets EMFILE — where Bun's
    * accept loop would spin on a listener that stays readable.
    */
   readonly descriptors?: { tryTake(fds: number): boolean; give(fds: number): void };
+  /**
+   * Per-client-IP connection cap and refusal accounting shared by every front-door listener
+   * (connection-guard.ts). Counted by the socket's peer, before any PROXY header.
+   */
+  readonly guard?: ConnectionGuard;
   onError?(err: unknown, info: ConnInfo): void;
   /**
    * Peers that must start every connection with a PROXY protocol header (v1 or v2) naming the client; any other
@@ -105,6 +112,8 @@ interface Conn {
   secured: boolean;
   /** Holds one descriptor of `descriptors` (given back once, when it leaves `open`). */
   holdsFd: boolean;
+  /** The peer address whose `guard` slot this connection holds (given back with the descriptor). */
+  guardIp?: string;
   /** How far the head parser got in `buf` (reset whenever `buf` is cut). */
   scan: HeadScan;
   /** Backing store `buf` grows in (doubling), so a head arriving in small reads is not copied over and over. */
@@ -128,10 +137,31 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
   const limits: Http1Limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const maxConnections = opts.maxConnections ?? Number.POSITIVE_INFINITY;
   const descriptors = opts.descriptors;
+  const guard = opts.guard;
   const giveFd = (c: Conn): void => {
+    if (c.guardIp !== undefined) {
+      guard?.close(c.guardIp);
+      c.guardIp = undefined;
+    }
     if (!c.holdsFd) return;
     c.holdsFd = false;
     descriptors?.give(1);
+  };
+  /** Whether a new connection may stay open; a refusal is counted by `guard` (which logs it once per window). */
+  const mayOpen = (c: Conn, peer: string): boolean => {
+    if (open.size >= maxConnections) {
+      guard?.refuse("max_connections", peer);
+      return false;
+    }
+    if (guard?.open(peer) !== undefined) return false;
+    if (descriptors && !descriptors.tryTake(1)) {
+      guard?.close(peer);
+      guard?.refuse("descriptors", peer);
+      return false;
+    }
+    if (guard) c.guardIp = peer;
+    c.holdsFd = descriptors !== undefined;
+    return true;
   };
   const open = new Set<Conn>();
   const isTls = opts.tls !== undefined;
@@ -513,12 +543,11 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
         served: 0,
       };
       socket.data = c;
-      if (open.size >= maxConnections || (descriptors && !descriptors.tryTake(1))) {
+      if (!mayOpen(c, canonicalIp(socket.remoteAddress))) {
         c.phase = "closed";
         socket.terminate();
         return;
       }
-      c.holdsFd = descriptors !== undefined;
       open.add(c);
       socket.setNoDelay(true);
       if (proxyFrom) {

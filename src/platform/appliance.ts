@@ -11,7 +11,8 @@ import { createRedirectApp } from "../cm/redirect.ts";
 import type { GatewayAdmission } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
 import { effectiveListeners, isLoopbackHost, parseListen, parsePortRange } from "../config/schema.ts";
-import { compileTrustedProxies, ipFamily } from "../net/client-address.ts";
+import { compileTrustedProxies, ipFamily, type TrustedProxies } from "../net/client-address.ts";
+import { type ConnectionGuard, createConnectionGuard } from "../net/connection-guard.ts";
 import { type ConnInfo, type Http1Server, startHttp1Server } from "../net/http1.ts";
 import { adminTokenOf } from "../observability/admin-token.ts";
 import { type AdminServer, type ReadinessCheck, startAdminServer } from "../observability/health.ts";
@@ -19,7 +20,7 @@ import type { Logger } from "../observability/log.ts";
 import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
 import { createSessionJournal, type SessionJournal } from "../observability/session-journal.ts";
 import { type Admissions, createAdmissions } from "../sg/admissions.ts";
-import { createRelayLimits, FDS_PER_RELAY, type RelayLimits } from "../sg/limits.ts";
+import { createDescriptorBudgets, type DescriptorBudgets } from "../sg/limits.ts";
 import { startTcpRelay, type TcpRelay } from "../sg/tcp-relay.ts";
 import { startUdpRelay, type UdpRelay } from "../sg/udp-relay.ts";
 import type { CertificatePair } from "../tls/certs.ts";
@@ -114,9 +115,10 @@ export async function startAppliance(
   let pair = tls.pair;
 
   const metrics = createMetricsRegistry();
-  // One descriptor budget for the whole process: SG relays and CM client connections draw on it, so neither can
-  // push the process into EMFILE (sockets refused cleanly instead of an accept loop spinning).
-  const limits = createRelayLimits({ log });
+  // Two descriptor budgets under RLIMIT_NOFILE, so the process never meets EMFILE (sockets refused cleanly instead
+  // of an accept loop spinning) and idle CM connections, which anyone can open, never take the relays' share.
+  const budgets = createDescriptorBudgets({ log });
+  const limits = budgets.sg;
   const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
   stops.push(() => journal.stop());
   let draining = false;
@@ -207,6 +209,7 @@ export async function startAppliance(
   const proxyProtocolFrom = compileTrustedProxies(config.cm.proxyProtocolFrom);
   const proxyRefusals = refusalLog(log);
   const onProxyRefused = (reason: string, info: ConnInfo) => proxyRefusals.log(info.remoteAddress, reason);
+  const frontDoorGuard = startFrontDoorGuard(() => current, proxyProtocolFrom, metrics, log);
   const frontDoorLimits = (c: Readonly<Config>) => ({
     maxBodyBytes: c.cm.bodyLimitBytes,
     headerTimeoutMs: c.cm.headerTimeoutSeconds * 1000,
@@ -222,7 +225,8 @@ export async function startAppliance(
         fetch: (req, info) => cm.fetch(req, info),
         limits: frontDoorLimits(current),
         maxConnections: current.cm.maxConnections,
-        descriptors: limits,
+        descriptors: budgets.cm,
+        guard: frontDoorGuard,
         proxyProtocolFrom,
         onRefused: onProxyRefused,
         onError: (err) => log.error({ err: String(err) }, "front door: request handler failed"),
@@ -252,7 +256,8 @@ export async function startAppliance(
           fetch: (req, info) => app.fetch(req, info),
           limits: frontDoorLimits(current),
           maxConnections: current.cm.maxConnections,
-          descriptors: limits,
+          descriptors: budgets.cm,
+          guard: frontDoorGuard,
           proxyProtocolFrom,
           onRefused: onProxyRefused,
         }),
@@ -336,7 +341,7 @@ export async function startAppliance(
     draining: () => draining,
     ready: () =>
       cmServers.size > 0 && !draining && pair.notAfter.getTime() > Date.now() && cm.brokerReachable(),
-    limits,
+    budgets,
     journal,
     proxyRefusals: () => proxyRefusals.total,
   });
@@ -578,17 +583,21 @@ export function changedKeys(a: unknown, b: unknown, prefix = ""): string[] {
   return JSON.stringify(a) === JSON.stringify(b) ? [] : [prefix];
 }
 
+/** The planes with a descriptor budget of their own (sg/limits.ts createDescriptorBudgets). */
+const PLANES = ["cm", "sg"] as const;
+
 /**
  * What a fleet dashboard needs of every node (contrib/grafana, contrib/prometheus): ready and draining as 0/1
- * (a balancer's view of the node), the descriptor budget and its use (headroom), verdicts by stage (where
+ * (a balancer's view of the node), each plane's descriptor budget and its use (headroom), verdicts by stage (where
  * sessions fail), front-door connections refused before HTTP (a balancer without its PROXY header).
  */
+
 function registerNodeMetrics(
   metrics: MetricsRegistry,
   node: {
     draining: () => boolean;
     ready: () => boolean;
-    limits: RelayLimits;
+    budgets: DescriptorBudgets;
     journal: SessionJournal;
     proxyRefusals: () => number;
   },
@@ -608,25 +617,24 @@ function registerNodeMetrics(
     },
     {
       name: "pcoip_descriptors_in_use",
-      help: "Descriptors held by relays and client connections (the process budget's use).",
+      help: "Descriptors held, by plane: the CM's client connections, the SG's relays (separate budgets).",
       type: "gauge",
-      samples: [{ value: node.limits.inUse }],
+      samples: PLANES.map((plane) => ({ labels: { plane }, value: node.budgets[plane].inUse })),
     },
     {
       name: "pcoip_descriptors_budget",
-      help: "Descriptors the budget allows (from RLIMIT_NOFILE; -1 when unlimited).",
+      help: "Descriptors each plane's budget allows (from RLIMIT_NOFILE at start; -1 when unlimited).",
       type: "gauge",
-      samples: [
-        {
-          value: Number.isFinite(node.limits.maxRelays) ? node.limits.maxRelays * FDS_PER_RELAY : -1,
-        },
-      ],
+      samples: PLANES.map((plane) => {
+        const c = node.budgets[plane].capacity;
+        return { labels: { plane }, value: Number.isFinite(c) ? c : -1 };
+      }),
     },
     {
       name: "pcoip_descriptor_refusals_total",
-      help: "Connections or flows refused because the descriptor budget was spent.",
+      help: "Connections or flows refused because their plane's descriptor budget was spent.",
       type: "counter",
-      samples: [{ value: node.limits.refused }],
+      samples: PLANES.map((plane) => ({ labels: { plane }, value: node.budgets[plane].refused })),
     },
     {
       name: "pcoip_session_verdicts_total",
@@ -641,6 +649,38 @@ function registerNodeMetrics(
       samples: [{ value: node.proxyRefusals() }],
     },
   ]);
+}
+
+/**
+ * The front door's per-IP connection cap (cm.maxConnectionsPerIp, live on reload; balancers exempt) and the
+ * metric of its refusals.
+ */
+function startFrontDoorGuard(
+  config: () => Readonly<Config>,
+  proxyProtocolFrom: TrustedProxies,
+  metrics: MetricsRegistry,
+  log: Logger,
+): ConnectionGuard {
+  let compiled: { from: readonly string[]; set: TrustedProxies } | undefined;
+  const trusted = (): TrustedProxies => {
+    const list = config().trustedProxies;
+    if (compiled?.from !== list) compiled = { from: list, set: compileTrustedProxies(list) };
+    return compiled.set;
+  };
+  const guard = createConnectionGuard({
+    maxPerIp: () => config().cm.maxConnectionsPerIp,
+    exempt: (ip) => proxyProtocolFrom.has(ip) || trusted().has(ip),
+    log,
+  });
+  metrics.add(() => [
+    {
+      name: "pcoip_cm_connection_refusals_total",
+      help: "CM/port-80 connections closed at accept, by reason (per_ip, max_connections, descriptors).",
+      type: "counter",
+      samples: Object.entries(guard.refusals).map(([reason, value]) => ({ labels: { reason }, value })),
+    },
+  ]);
+  return guard;
 }
 
 function registerSgMetrics(

@@ -1,9 +1,13 @@
 /**
- * The descriptor budget of the relays. A session's relay holds three descriptors (client TCP, agent TCP, the
- * session's UDP socket toward its agent); when Bun runs out of descriptors its accept loop spins at 100% CPU
- * instead of failing, so the SG must stop short of RLIMIT_NOFILE by itself. The cap is derived from the soft
- * limit at start, leaving a reserve for everything else the process opens (listeners, CM connections, logs,
- * LDAP, files), and logged so an operator can see why sessions are refused.
+ * Descriptor budgets. A session's relay holds three descriptors (client TCP, agent TCP, the session's UDP socket
+ * toward its agent); a CM client connection holds one. When Bun runs out of descriptors its accept loop spins at
+ * 100% CPU instead of failing, so the process must stop short of RLIMIT_NOFILE by itself: budgets are derived from
+ * the soft limit at start, leaving a reserve for everything else the process opens (listeners, the CM's calls to
+ * brokers, agents and LDAP, logs, files), and logged so an operator can see why connections are refused.
+ *
+ * The appliance gives the SG relays and the CM's front door separate budgets ({@link createDescriptorBudgets},
+ * issue 16 #8): with one shared budget, idle or slow HTTPS connections — which anyone can open — took the
+ * descriptors an admitted user's relay needed. A standalone SG (benches) uses {@link createRelayLimits} alone.
  */
 import { readFileSync } from "node:fs";
 import type { Logger } from "../observability/log.ts";
@@ -22,18 +26,24 @@ export interface RelayLimitsOptions {
   log?: Logger;
 }
 
-export interface RelayLimits {
-  /** The soft descriptor limit the cap came from (`null` = unlimited or unreadable). */
-  readonly nofile: number | null;
-  /** Whole relays that fit: ⌊(nofile − reserve) / 3⌋. */
-  readonly maxRelays: number;
-  /** Descriptors the relays hold now. */
+/** A number of descriptors that one plane may hold at once. */
+export interface DescriptorBudget {
+  /** Descriptors in the budget (Infinity when RLIMIT_NOFILE is unlimited). */
+  readonly capacity: number;
+  /** Descriptors held now. */
   readonly inUse: number;
-  /** Times a relay was refused because the budget was spent. */
+  /** Times a take was refused because the budget was spent. */
   readonly refused: number;
   /** Takes `fds` descriptors from the budget; false (and counted) when they do not fit. */
   tryTake(fds: number): boolean;
   give(fds: number): void;
+}
+
+export interface RelayLimits extends DescriptorBudget {
+  /** The soft descriptor limit the cap came from (`null` = unlimited or unreadable). */
+  readonly nofile: number | null;
+  /** Whole relays that fit: ⌊(nofile − reserve) / 3⌋ alone, the SG's share in the appliance. */
+  readonly maxRelays: number;
 }
 
 /** The soft "Max open files" of this process, or undefined when unlimited or unreadable. */
@@ -65,31 +75,34 @@ export function createRelayLimits(options: RelayLimitsOptions = {}): RelayLimits
   const reserved = options.reservedFds ?? RESERVED_FDS;
   const perRelay = options.fdsPerRelay ?? FDS_PER_RELAY;
   const maxRelays = nofile === undefined ? Number.POSITIVE_INFINITY : relayCap(nofile, reserved, perRelay);
-  const budget = maxRelays * perRelay;
-  let inUse = 0;
-  let refused = 0;
+  const budget = createBudget(maxRelays * perRelay);
   options.log?.info(
     { nofile: nofile ?? "unlimited", reservedFds: reserved, fdsPerRelay: perRelay, maxRelays },
     nofile === undefined
       ? "relay cap: RLIMIT_NOFILE unlimited, relays limited by maxSessions only"
       : "relay cap from RLIMIT_NOFILE: raise LimitNOFILE in the unit to allow more relays",
   );
+  return Object.assign(budget, { nofile: nofile ?? null, maxRelays });
+}
+
+/**
+ * A budget of `capacity` descriptors. Over-limit policy: refuse the newcomer and count it; never close a running
+ * connection to make room. A refused connection is closed at once (the client retries or reports a connect
+ * failure), a refused UDP flow drops its datagrams; both show up in `refused` and in the planes' own counters.
+ */
+export function createBudget(capacity: number): DescriptorBudget {
+  let inUse = 0;
+  let refused = 0;
   return {
-    nofile: nofile ?? null,
-    maxRelays,
+    capacity,
     get inUse() {
       return inUse;
     },
     get refused() {
       return refused;
     },
-    /**
-     * Over-limit policy: refuse the newcomer and count it; never close a running relay to make room. A refused
-     * control connection is closed at once (the client retries or reports a connect failure), a refused UDP
-     * flow drops its datagrams; both show up in `refused` and in the relays' own counters.
-     */
     tryTake(fds) {
-      if (inUse + fds > budget) {
+      if (inUse + fds > capacity) {
         refused++;
         return false;
       }
@@ -100,4 +113,59 @@ export function createRelayLimits(options: RelayLimitsOptions = {}): RelayLimits
       inUse = Math.max(0, inUse - fds);
     },
   };
+}
+
+/** Of what the reserve leaves, the SG relays' share; the CM's front door gets the rest. */
+export const SG_SHARE = 0.6;
+
+/** The reserve: RESERVED_FDS, but at most a quarter of a small limit (1,024 would otherwise keep half). */
+export function reserveFor(nofile: number): number {
+  return Math.min(RESERVED_FDS, Math.floor(nofile / 4));
+}
+
+export interface DescriptorBudgets {
+  readonly nofile: number | null;
+  readonly reservedFds: number;
+  /** The SG relays' budget (3 per relay). */
+  readonly sg: RelayLimits;
+  /** The CM front door's budget (1 per client connection, HTTPS and port 80 alike). */
+  readonly cm: DescriptorBudget;
+}
+
+/**
+ * The appliance's two budgets from the soft RLIMIT_NOFILE: the reserve first, then {@link SG_SHARE} of the rest in
+ * whole relays for the SG, the remainder for CM connections. Logged once (both figures and the fix).
+ *
+ * @example createDescriptorBudgets({ nofile: 1024 }) // reserve 256, SG 153 relays (459 fds), CM 309 connections
+ */
+export function createDescriptorBudgets(
+  options: { nofile?: number | undefined; log?: Logger } = {},
+): DescriptorBudgets {
+  const nofile = "nofile" in options ? options.nofile : readNofileSoftLimit();
+  if (nofile === undefined) {
+    const sg = createRelayLimits({ nofile: undefined });
+    const cm = createBudget(Number.POSITIVE_INFINITY);
+    options.log?.info(
+      { nofile: "unlimited" },
+      "descriptor budgets: RLIMIT_NOFILE unlimited; relays limited by sg.maxSessions, CM connections by cm.maxConnections",
+    );
+    return { nofile: null, reservedFds: 0, sg, cm };
+  }
+  const reservedFds = reserveFor(nofile);
+  const rest = Math.max(0, nofile - reservedFds);
+  const maxRelays = Math.floor((rest * SG_SHARE) / FDS_PER_RELAY);
+  const sg = createRelayLimits({ nofile, reservedFds: nofile - maxRelays * FDS_PER_RELAY });
+  const cm = createBudget(rest - maxRelays * FDS_PER_RELAY);
+  options.log?.info(
+    {
+      nofile,
+      reservedFds,
+      sgMaxRelays: maxRelays,
+      sgFds: maxRelays * FDS_PER_RELAY,
+      cmMaxConnections: cm.capacity,
+    },
+    `descriptor budgets from RLIMIT_NOFILE ${nofile}: SG ${maxRelays} relays (${maxRelays * FDS_PER_RELAY} fds), ` +
+      `CM ${cm.capacity} connections, ${reservedFds} reserved; raise LimitNOFILE in the unit for more`,
+  );
+  return { nofile, reservedFds, sg, cm };
 }

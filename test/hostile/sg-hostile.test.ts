@@ -333,8 +333,8 @@ describe("descriptor exhaustion", () => {
       app = undefined;
     });
 
-    // The CM's connections draw on the same descriptor budget as the SG relays (sg/limits.ts, RESERVED_FDS kept
-    // for the rest), so the process never reaches EMFILE — where Bun's accept loop spins on a readable listener —
+    // The CM's connections draw on the CM's descriptor budget (sg/limits.ts, createDescriptorBudgets: a reserve
+    // kept for the rest), so the process never reaches EMFILE — where Bun's accept loop spins on a readable listener —
     // and silent connections beyond the budget are closed at once.
     test("700 silent connections to the CM: no busy loop at EMFILE, and it serves again after", async () => {
       app = await startApplianceProcess({ wrap: ["prlimit", "--nofile=600:600", "--"] });

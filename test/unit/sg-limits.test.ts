@@ -2,7 +2,12 @@
 // says "none" when exhausted, and the descriptor budget derived from RLIMIT_NOFILE refuses (and counts) the relay
 // that would not fit.
 import { describe, expect, test } from "bun:test";
-import { createRelayLimits, readNofileSoftLimit, relayCap } from "../../src/sg/limits.ts";
+import {
+  createDescriptorBudgets,
+  createRelayLimits,
+  readNofileSoftLimit,
+  relayCap,
+} from "../../src/sg/limits.ts";
 import { createPortPool } from "../../src/sg/port-pool.ts";
 
 describe("udp source port pool", () => {
@@ -74,5 +79,20 @@ describe("descriptor budget", () => {
     const limits = createRelayLimits({ nofile: undefined });
     expect(limits.nofile).toBeNull();
     expect(limits.tryTake(1_000_000)).toBe(true);
+  });
+
+  test("the appliance's two budgets: reserve, then 60 % of the rest in whole relays for the SG, the rest for the CM", () => {
+    const small = createDescriptorBudgets({ nofile: 1024 });
+    expect([small.reservedFds, small.sg.maxRelays, small.sg.capacity, small.cm.capacity]).toEqual([
+      256, 153, 459, 309,
+    ]);
+    const unit = createDescriptorBudgets({ nofile: 65536 });
+    expect([unit.reservedFds, unit.sg.maxRelays, unit.cm.capacity]).toEqual([512, 13004, 26012]);
+    // Spending one budget leaves the other whole.
+    while (small.cm.tryTake(1));
+    expect(small.cm.refused).toBe(1);
+    expect(small.sg.tryTake(3)).toBe(true);
+    const unlimited = createDescriptorBudgets({ nofile: undefined });
+    expect(unlimited.cm.tryTake(1_000_000) && unlimited.sg.tryTake(1_000_000)).toBe(true);
   });
 });
