@@ -8,9 +8,10 @@
  * With `endpoint: true` it also starts the agent's session endpoint (agent-endpoint.ts: TLS on TCP P + UDP echo on
  * P) and points session-info at it, so a client can go on through the SG.
  *
- * Demo: `bun test/peers/fake-agent.ts --port 60443 [--host 127.0.0.1] [--mode success] [--endpoint]` prints one
+ * Demo: `bun test/peers/fake-agent.ts --port 60443 [--host 127.0.0.1] [--mode success] [--endpoint] [--cert F --key F]` prints one
  * JSON line per launch-session (user, domain, client ip, session-log-id; never the password).
  */
+import { readFileSync } from "node:fs";
 import type { Server } from "bun";
 import { buildLaunchSessionResp, parseLaunchSession } from "../../src/protocol/agent.ts";
 import type { LaunchSession } from "../../src/protocol/types.ts";
@@ -218,6 +219,10 @@ if (import.meta.main) {
     port: Number(arg("port") ?? 60443),
     mode: (arg("mode") as FakeAgentMode | undefined) ?? "success",
     endpoint: process.argv.includes("--endpoint"),
+    // --cert/--key FILE: a certificate of the caller's PKI (a test in another process trusts its own CA).
+    ...(arg("cert") && arg("key")
+      ? { cert: readFileSync(arg("cert")!, "utf8"), key: readFileSync(arg("key")!, "utf8") }
+      : {}),
     onLaunch: (ls) =>
       console.log(
         JSON.stringify({
