@@ -28,6 +28,18 @@ const COMMANDS: Record<string, CommandEntry> = {
     summary: "remove the service (--purge also removes config, certificates and users)",
     load: async () => (await import("./cli/uninstall.ts")).uninstallCommand,
   },
+  reload: {
+    summary: "send the running service SIGHUP: re-read the configuration (systemctl reload runs this)",
+    load: async () => (await import("./cli/reload.ts")).reloadCommand,
+  },
+  "try-restart": {
+    summary: "drain (bounded) and restart the service if it runs (the RPM/deb upgrade scripts run this)",
+    load: async () => (await import("./cli/try-restart.ts")).tryRestartCommand,
+  },
+  sysctl: {
+    summary: "raise the kernel settings of 90-pcoip-cmsg.conf now, without the sysctl tool",
+    load: async () => (await import("./cli/sysctl.ts")).sysctlCommand,
+  },
   status: {
     summary: "installed version, service state and health",
     load: async () => (await import("./cli/status.ts")).statusCommand,

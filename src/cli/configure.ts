@@ -17,6 +17,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { dirname } from "node:path";
+import { noDesktopsAdvice } from "../config/advice.ts";
 import { describeKeys, type FlagValue, loadConfig } from "../config/load.ts";
 import { proxyFromEnv } from "../net/proxy-env.ts";
 import {
@@ -32,6 +33,7 @@ import {
 import { type InstallLayout, installLayout, SERVICE_NAME, SERVICE_USER } from "../platform/paths.ts";
 import { certificateCovers, generateSelfSigned, loadCaBundle, loadCertificatePair } from "../tls/certs.ts";
 import { formatFlags, parseArgs } from "./args.ts";
+import { loggedReporter, openInstallLog } from "./install-log.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 import {
   CONFIGURE_FLAGS,
@@ -694,7 +696,9 @@ export async function runConfigure(argv: string[], io: CliIo, deps: ConfigureDep
     );
     return 1;
   }
-  const report = createReporter(io);
+  const log = openInstallLog(layout.disk.installLog, "configure", io);
+  log.line(`configure ${stripped.argv.join(" ")}`);
+  const report = loggedReporter(createReporter(io), log);
   if (settings.ignoreDiskReq !== undefined) report.note("--ignore-disk-req applies to install only; ignored");
   if (settings.acceptPolicies !== undefined)
     report.note("--accept-policies applies to install only; ignored");
@@ -714,7 +718,11 @@ export async function runConfigure(argv: string[], io: CliIo, deps: ConfigureDep
   }
   const plan = planned.plan;
   for (const w of plan.warnings) report.warn(w);
+  const after = loadConfig({ text: plan.text, strict: false });
+  const advice = after.ok ? noDesktopsAdvice(after.config) : undefined;
+  if (advice) report.warn(advice);
   io.stdout(`pcoip-cmsg configure${layout.staged ? ` (staged under ${layout.root})` : ""}:\n`);
+  log.commit();
   const owner = layout.staged ? undefined : await serviceOwnership(deps.run);
   if (layout.staged) report.would(`chown root:${SERVICE_USER} on the files written`);
   const applied = applyConfiguration(plan, layout, owner, report);

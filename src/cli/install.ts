@@ -13,6 +13,7 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { dirname, join } from "node:path";
+import { noDesktopsAdvice } from "../config/advice.ts";
 import { loadConfig } from "../config/load.ts";
 import { type Config, effectiveListeners, parseListen } from "../config/schema.ts";
 import { ensureAdminTokenFile } from "../observability/admin-token.ts";
@@ -42,9 +43,11 @@ import {
   BASELINE_BINARY_NAME,
   type InstallLayout,
   installLayout,
+  packagedBy,
   SERVICE_NAME,
   SERVICE_USER,
 } from "../platform/paths.ts";
+import { describeOutcome } from "../platform/sysctl.ts";
 import { PRODUCT_NAME, VERSION } from "../version.ts";
 import { flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
 import {
@@ -67,6 +70,7 @@ import {
   serviceOwnership,
   writeFileAtomic,
 } from "./configure.ts";
+import { loggedReporter, openInstallLog } from "./install-log.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 import {
   type AdminEndpoint,
@@ -76,6 +80,7 @@ import {
   liveSessions,
   readInstallRecord,
 } from "./status.ts";
+import { applySysctlFile, defaultSysctlFile } from "./sysctl.ts";
 import {
   INSTALL_FLAGS,
   type Installed,
@@ -168,7 +173,10 @@ export async function runInstall(argv: string[], io: CliIo, deps: InstallDeps): 
   const force = flagBool(args, "force") === true;
   const configOnly = flagBool(args, "config-only") === true;
   const layout = installLayout(flagString(args, "root") ?? "/");
-  const report = createReporter(io);
+  const log = openInstallLog(layout.disk.installLog, "install", io);
+  log.line(`pcoip-cmsg ${VERSION} install ${stripped.argv.join(" ")}`);
+  const report = loggedReporter(createReporter(io), log);
+  const packaged = packagedBy(layout);
 
   const existing = readInstalledConfig(layout);
   if (!existing.ok) return fail(`${existing.error}\n`);
@@ -206,6 +214,10 @@ export async function runInstall(argv: string[], io: CliIo, deps: InstallDeps): 
         `bundle ${settings.darksiteBundlePath}: ${PRODUCT_NAME} ${bundle.version}, every SHA-256 sum matches`,
       );
       source = { ...bundle, from: `bundle ${settings.darksiteBundlePath}` };
+    } else if (packaged !== undefined) {
+      report.note(
+        `the ${packaged === "rpm" ? "RPM" : "deb"} package installed the executable and the unit: they are upgraded with ${packaged === "rpm" ? "dnf upgrade pcoip-cmsg" : "apt install pcoip-cmsg"}, not here`,
+      );
     } else if (!configOnly) {
       const bin = defaultBinary(flagString(args, "binary"));
       if (!bin.ok)
@@ -233,6 +245,8 @@ export async function runInstall(argv: string[], io: CliIo, deps: InstallDeps): 
     for (const w of plan.warnings) report.warn(w);
     const config = loadConfig({ text: plan.text, strict: true });
     if (!config.ok) return fail(`refused: ${config.errors.join("; ")}\n`); // planConfiguration checked it: a bug
+    const advice = noDesktopsAdvice(config.config);
+    if (advice) report.warn(advice);
 
     const serviceActive =
       !layout.staged &&
@@ -247,6 +261,7 @@ export async function runInstall(argv: string[], io: CliIo, deps: InstallDeps): 
         `refused; nothing was changed:\n${preflight.map((p) => `  - ${p.what}: ${p.cause}\n    fix: ${p.fix}\n`).join("")}`,
       );
 
+    log.commit();
     return await carryOut({
       layout,
       plan,
@@ -259,6 +274,7 @@ export async function runInstall(argv: string[], io: CliIo, deps: InstallDeps): 
       drainTimeout,
       configOnly,
       serviceActive,
+      packaged,
     });
   } finally {
     bundle?.close();
@@ -270,7 +286,8 @@ function installedState(layout: InstallLayout, raw: Record<string, unknown> | un
   const cert = layout.onDisk(typeof tls.cert === "string" ? tls.cert : layout.host.certFile);
   const key = layout.onDisk(typeof tls.key === "string" ? tls.key : layout.host.keyFile);
   return {
-    configExists: raw !== undefined,
+    // The packages ship a config with comments only: that is not an installed configuration (policies unaccepted).
+    configExists: raw !== undefined && Object.keys(raw).length > 0,
     enableSecurityGateway: raw?.enableSecurityGateway !== false,
     externalPcoipIp: Array.isArray(raw?.externalPcoipIp) ? (raw.externalPcoipIp as string[]) : [],
     certificatePresent: existsSync(cert) && existsSync(key),
@@ -433,27 +450,14 @@ interface CarryOut {
   readonly drainTimeout: number;
   readonly configOnly: boolean;
   readonly serviceActive: boolean;
+  /** The package manager owns the executable, unit and sysctl.d file: only configuration and service here. */
+  readonly packaged: "rpm" | "deb" | undefined;
 }
 
 async function carryOut(c: CarryOut): Promise<number> {
   const { layout, deps, report, io } = c;
-  const d = layout.disk;
   const h = layout.host;
   const problems: Problem[] = [];
-  const hostCommand = async (cmd: string, args: string[], fix: string): Promise<boolean> => {
-    if (layout.staged) {
-      report.would(commandLine(cmd, args));
-      return true;
-    }
-    const r = await deps.run(cmd, args);
-    if (r.ok) {
-      report.done(commandLine(cmd, args));
-      return true;
-    }
-    problems.push(commandProblem(cmd, args, r, fix));
-    report.warn(`${commandLine(cmd, args)} failed (details at the end)`);
-    return false;
-  };
 
   // 1. The service account: files are chowned to it.
   let owner: Ownership | undefined;
@@ -475,13 +479,28 @@ async function carryOut(c: CarryOut): Promise<number> {
   if (!applied.ok) return stop(io, applied.problem!);
   const token = ensureInstalledAdminToken(c.config.admin, layout, owner, report);
   if (token) return stop(io, token);
-  if (c.configOnly || !c.source) {
+  if (c.configOnly || (c.packaged === undefined && !c.source)) {
     report.note("--config-only: executable, unit, firewall and service left as they are");
     return finish(io, problems, layout);
   }
+  const placed =
+    c.packaged === undefined && c.source
+      ? await placeFiles(c, c.source)
+      : { unitChanged: false, upgrade: false };
+  if ("problem" in placed) return stop(io, placed.problem);
+  return await serviceSteps(c, placed, problems);
+}
+
+/** Steps 3–5 of a copy-and-run install: drain, the executable (rollback copy kept), the unit and sysctl.d. */
+async function placeFiles(
+  c: CarryOut,
+  src: NonNullable<CarryOut["source"]>,
+): Promise<{ unitChanged: boolean; upgrade: boolean } | { problem: Problem }> {
+  const { layout, deps, report } = c;
+  const d = layout.disk;
+  const h = layout.host;
 
   // 3. Drain before replacing a running binary.
-  const src = c.source;
   const avx2 = deps.cpuHasAvx2();
   let chosen = src.binary;
   if (avx2 === false && src.baseline) {
@@ -533,7 +552,7 @@ async function carryOut(c: CarryOut): Promise<number> {
     };
     writeFileAtomic(d.installRecord, `${JSON.stringify(record, null, 2)}\n`, 0o644);
   } catch (e) {
-    return stop(io, fsProblem(`installing the executable at ${h.binary}`, e));
+    return { problem: fsProblem(`installing the executable at ${h.binary}`, e) };
   }
 
   // 5. Unit and sysctl.d.
@@ -554,11 +573,25 @@ async function carryOut(c: CarryOut): Promise<number> {
     writeFileAtomic(d.sysctlFile, sysctlText(rmem, wmem), 0o644);
     report.done(`${h.sysctlFile}: net.core.rmem_default = ${rmem}, net.core.wmem_default = ${wmem}`);
   } catch (e) {
-    return stop(io, fsProblem(`writing ${h.unitFile} and ${h.sysctlFile}`, e));
+    return { problem: fsProblem(`writing ${h.unitFile} and ${h.sysctlFile}`, e) };
   }
+  return { unitChanged, upgrade };
+}
 
-  // 6. Host changes: SELinux contexts, firewall, kernel settings, service.
-  const copied = [h.binary, h.libDir, h.configDir, h.stateDir, h.unitFile, h.sysctlFile];
+/** Step 6, host changes: SELinux contexts, firewall, kernel settings, the service. */
+async function serviceSteps(
+  c: CarryOut,
+  placed: { unitChanged: boolean; upgrade: boolean },
+  problems: Problem[],
+): Promise<number> {
+  const { layout, deps, report, io } = c;
+  const h = layout.host;
+  const { unitChanged, upgrade } = placed;
+  const hostCommand = hostCommandRunner(layout, deps, report, problems);
+  const copied =
+    c.packaged === undefined
+      ? [h.binary, h.libDir, h.configDir, h.stateDir, h.unitFile, h.sysctlFile]
+      : [h.configDir, h.stateDir];
   const selinux = layout.staged ? "enforcing" : deps.selinux();
   if (selinux !== "disabled")
     await hostCommand(
@@ -584,7 +617,7 @@ async function carryOut(c: CarryOut): Promise<number> {
     report.note(
       `firewalld is ${fw === "absent" ? "not installed" : "not running"}: no ports opened (open ${firewallPorts(c.config).join(", ")} in your firewall)`,
     );
-  await hostCommand("sysctl", ["--system"], `apply by hand: sysctl -p ${h.sysctlFile}`);
+  applyKernelSettings(layout, report, problems);
   if (!layout.staged && !deps.systemdRunning()) {
     report.note(
       `systemd is not running: start the appliance yourself: ${h.binary} run --config ${h.configFile}`,
@@ -642,6 +675,65 @@ function ensureInstalledAdminToken(
     return undefined;
   } catch (e) {
     return fsProblem(`creating the admin token ${admin.tokenFile}`, e);
+  }
+}
+
+/**
+ * Runs a host command and reports it; a failure is collected into `problems` (reported at the end) rather than
+ * stopping the install. Staged: printed, never run.
+ */
+function hostCommandRunner(
+  layout: InstallLayout,
+  deps: InstallDeps,
+  report: Reporter,
+  problems: Problem[],
+): (cmd: string, args: string[], fix: string) => Promise<boolean> {
+  return async (cmd, args, fix) => {
+    if (layout.staged) {
+      report.would(commandLine(cmd, args));
+      return true;
+    }
+    const r = await deps.run(cmd, args);
+    if (r.ok) {
+      report.done(commandLine(cmd, args));
+      return true;
+    }
+    problems.push(commandProblem(cmd, args, r, fix));
+    report.warn(`${commandLine(cmd, args)} failed (details at the end)`);
+    return false;
+  };
+}
+
+/**
+ * Raises the UDP buffer settings now, through /proc/sys (no sysctl tool on a minimal host); systemd-sysctl
+ * applies the same file at boot. Staged: said, not done.
+ */
+function applyKernelSettings(layout: InstallLayout, report: Reporter, problems: Problem[]): void {
+  const file = defaultSysctlFile(layout.root);
+  if (layout.staged) {
+    report.would(
+      `raise the kernel settings of ${file ? file.slice(layout.root.length) : layout.host.sysctlFile} through /proc/sys (pcoip-cmsg sysctl)`,
+    );
+    return;
+  }
+  if (file === undefined) {
+    report.warn(`no ${layout.host.sysctlFile}: UDP buffers left at the kernel default`);
+    return;
+  }
+  const r = applySysctlFile(file);
+  if (typeof r === "string") {
+    problems.push({ what: "applying the kernel settings", cause: r, fix: `run ${PRODUCT_NAME} sysctl` });
+    return;
+  }
+  for (const o of r) {
+    if (o.outcome === "failed") {
+      problems.push({
+        what: `setting ${o.key}`,
+        cause: o.detail ?? "failed",
+        fix: `run ${PRODUCT_NAME} sysctl as root (it is applied at every boot from ${file})`,
+      });
+    } else if (o.outcome === "absent") report.note(describeOutcome(o));
+    else report.done(describeOutcome(o));
   }
 }
 

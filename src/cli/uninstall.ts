@@ -15,11 +15,12 @@ import {
   runCommand,
   systemdRunning,
 } from "../platform/host.ts";
-import { installLayout, SERVICE_NAME, SERVICE_USER } from "../platform/paths.ts";
+import { installLayout, packagedBy, SERVICE_NAME, SERVICE_USER } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
 import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
 import { createReporter } from "./configure.ts";
 import { firewallPorts } from "./install.ts";
+import { loggedReporter, openInstallLog } from "./install-log.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 
 const FLAGS: FlagSpec[] = [
@@ -69,7 +70,11 @@ export async function runUninstall(argv: string[], io: CliIo, deps: UninstallDep
   const layout = installLayout(flagString(parsed.args, "root") ?? "/");
   const d = layout.disk;
   const h = layout.host;
-  const report = createReporter(io);
+  const packaged = packagedBy(layout);
+  const report = loggedReporter(
+    createReporter(io),
+    openInstallLog(layout.disk.installLog, "uninstall", io, { committed: true }),
+  );
   const problems: Problem[] = [];
   const hostCommand = async (cmd: string, args: string[], fix: string, quietFailure = false) => {
     if (layout.staged) {
@@ -95,7 +100,13 @@ export async function runUninstall(argv: string[], io: CliIo, deps: UninstallDep
     }
   };
 
-  if (!existsSync(d.binary) && !existsSync(d.unitFile) && !existsSync(d.configFile) && !purge) {
+  if (
+    packaged === undefined &&
+    !existsSync(d.binary) &&
+    !existsSync(d.unitFile) &&
+    !existsSync(d.configFile) &&
+    !purge
+  ) {
     io.stdout(
       `${PRODUCT_NAME} is not installed${layout.staged ? ` under ${layout.root}` : ""}; nothing to do\n`,
     );
@@ -114,7 +125,7 @@ export async function runUninstall(argv: string[], io: CliIo, deps: UninstallDep
       "systemctl",
       ["disable", "--now", SERVICE_NAME],
       `stop it by hand: systemctl stop ${SERVICE_NAME}`,
-      !existsSync(d.unitFile),
+      !existsSync(d.unitFile) && packaged === undefined,
     );
   } else report.note("systemd is not running: stop a foreground `pcoip-cmsg run` yourself");
   remove(h.unitFile, d.unitFile);
@@ -133,9 +144,13 @@ export async function runUninstall(argv: string[], io: CliIo, deps: UninstallDep
   }
   const hadSysctl = existsSync(d.sysctlFile);
   remove(h.sysctlFile, d.sysctlFile);
-  if (hadSysctl) await hostCommand("sysctl", ["--system"], "the old buffer sizes return at the next boot");
+  if (hadSysctl) report.note("the raised UDP buffer sizes stay until the next boot");
   remove(h.binary, d.binary);
   remove(h.libDir, d.libDir);
+  if (packaged !== undefined)
+    report.note(
+      `the executable, unit and this command come from the ${packaged} package: remove it with ${packaged === "rpm" ? "dnf remove pcoip-cmsg" : "apt remove pcoip-cmsg (apt purge also removes the configuration)"}`,
+    );
 
   if (purge) {
     remove(h.configDir, d.configDir);

@@ -10,6 +10,12 @@ import type { LayoutPaths } from "../platform/paths.ts";
 import { type FlagSpec, flagBool, flagList, flagString, type ParsedArgs } from "./args.ts";
 
 export const DOCKER_NOTE = "not needed: this appliance runs without Docker";
+/**
+ * The vendor's `configure --compose-file` swaps the docker-compose file, which administrators use to raise the log
+ * verbosity: name the key that does that here.
+ */
+export const COMPOSE_FILE_NOTE =
+  'not needed: this appliance runs without Docker. The vendor\'s compose file set the log verbosity; here that is logLevel = "debug" (or "info", "warn", "error") in /etc/pcoip-cmsg/pcoip-cmsg.toml, applied by `systemctl reload pcoip-cmsg` (for one run: LOG_LEVEL=debug in the service\'s environment)';
 
 /** The vendor's own flags, valid for both install and configure. */
 export const VENDOR_FLAGS: readonly FlagSpec[] = [
@@ -168,7 +174,7 @@ export function stripDockerFlags(argv: readonly string[]): { argv: string[]; not
     const word = argv[i]!;
     const name = /^--([^=]+)/.exec(word)?.[1];
     if (name && (name.startsWith("docker") || name === "compose-file")) {
-      notes.push(`--${name}: ${DOCKER_NOTE}; ignored`);
+      notes.push(`--${name}: ${name === "compose-file" ? COMPOSE_FILE_NOTE : DOCKER_NOTE}; ignored`);
       const next = argv[i + 1];
       if (!word.includes("=") && next !== undefined && !next.startsWith("--")) i++;
       continue;
@@ -331,5 +337,6 @@ export function configEdits(s: VendorSettings, host: LayoutPaths): FlagValue[] {
 /** Text for --help: the vendor flags, and what this appliance does differently. */
 export const VENDOR_NOTES = `Notes:
   Booleans take --flag, --flag=true or --flag=false. --external-pcoip-ip and --host-address may be given twice.
-  --docker-* and --compose-file are accepted and ignored: ${DOCKER_NOTE}.
+  --docker-* and --compose-file are accepted and ignored: ${DOCKER_NOTE}; the compose file's log verbosity
+  is logLevel in the config (pcoip-cmsg reload applies it).
   --trusted-license-cert(-key) are stored in [license] for compatibility with the vendor's tool and have no effect.`;

@@ -8,6 +8,7 @@
  * p.host.configFile; // "/etc/pcoip-cmsg/pcoip-cmsg.toml" (what the config and unit say)
  * p.disk.configFile; // "/tmp/stage/etc/pcoip-cmsg/pcoip-cmsg.toml" (where it is written)
  */
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 export const SERVICE_NAME = "pcoip-cmsg";
@@ -37,6 +38,17 @@ export interface LayoutPaths {
   readonly stateDir: string;
   readonly unitFile: string;
   readonly sysctlFile: string;
+  /** The install log (vendor habit: install and upgrade steps kept under /var/log beside the journal). */
+  readonly logDir: string;
+  readonly installLog: string;
+  /**
+   * Present when the RPM or deb installed the appliance (text: "rpm" or "deb"). Then the package owns the
+   * executables (/usr/lib/pcoip-cmsg, /usr/bin/pcoip-cmsg), the unit and the sysctl.d file, and install/uninstall
+   * leave them to the package manager.
+   */
+  readonly packageMarker: string;
+  readonly packageBinary: string;
+  readonly packageSysctlFile: string;
 }
 
 export interface InstallLayout {
@@ -68,6 +80,11 @@ const HOST: LayoutPaths = {
   stateDir: "/var/lib/pcoip-cmsg",
   unitFile: "/etc/systemd/system/pcoip-cmsg.service",
   sysctlFile: "/etc/sysctl.d/90-pcoip-cmsg.conf",
+  logDir: "/var/log/pcoip-cmsg",
+  installLog: "/var/log/pcoip-cmsg/install.log",
+  packageMarker: "/usr/lib/pcoip-cmsg/packaged",
+  packageBinary: "/usr/bin/pcoip-cmsg",
+  packageSysctlFile: "/usr/lib/sysctl.d/90-pcoip-cmsg.conf",
 };
 
 export function installLayout(root = "/"): InstallLayout {
@@ -78,4 +95,14 @@ export function installLayout(root = "/"): InstallLayout {
     Object.entries(HOST).map(([k, v]) => [k, onDisk(v)]),
   ) as unknown as LayoutPaths;
   return { root: abs, staged, host: HOST, disk, onDisk };
+}
+
+/** "rpm" or "deb" when a package installed the appliance under the layout's root (its marker file), else undefined. */
+export function packagedBy(layout: InstallLayout): "rpm" | "deb" | undefined {
+  try {
+    const kind = readFileSync(layout.disk.packageMarker, "utf8").trim();
+    return kind === "rpm" || kind === "deb" ? kind : undefined;
+  } catch {
+    return undefined;
+  }
 }

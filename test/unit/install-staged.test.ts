@@ -162,7 +162,7 @@ describe("install --root (staged)", () => {
       "firewall-cmd --permanent --add-port=443/tcp",
       "--add-port=4172/udp",
       "firewall-cmd --reload",
-      "sysctl --system",
+      "through /proc/sys (pcoip-cmsg sysctl)",
       "systemctl enable pcoip-cmsg",
       "restorecon -R",
     ])

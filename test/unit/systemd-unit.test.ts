@@ -119,7 +119,7 @@ describe("the unit carries what SPEC §9 asks for", () => {
     expect(value("ExecStart")).toEqual([
       "/usr/local/bin/pcoip-cmsg run --config /etc/pcoip-cmsg/pcoip-cmsg.toml",
     ]);
-    expect(value("ExecReload")).toEqual(["/bin/kill -HUP $MAINPID"]);
+    expect(value("ExecReload")).toEqual(["/usr/local/bin/pcoip-cmsg reload --pid $MAINPID"]);
     expect(value("User")).toEqual(["pcoip-cmsg"]);
     expect(value("Group")).toEqual(["pcoip-cmsg"]);
     expect(value("AmbientCapabilities")).toEqual(["CAP_NET_BIND_SERVICE"]);
@@ -161,7 +161,7 @@ describe("the unit carries what SPEC §9 asks for", () => {
  * (a missing executable, a bad unit name); an unknown directive or unparsable value is printed as
  * "FILE:LINE: … ignoring" and the exit status stays 0. So the judge is: exit 0 AND no output line about our own
  * file. Lines about other units on the machine (their own warnings) are not ours to judge. The User= account does
- * not need to exist: verify does not resolve it. ExecStart points at /bin/true in the copy, since the binary is
+ * not need to exist: verify does not resolve it. ExecStart and ExecReload point at /bin/true in the copy, since the binary is
  * not installed here (verify checks that the executable exists).
  */
 const analyze = Bun.which("systemd-analyze");
@@ -170,7 +170,7 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 function verify(unitText: string): { exitCode: number; ours: string[] } {
   const file = join(scratch, "pcoip-cmsg.service");
-  writeFileSync(file, unitText.replace(/^ExecStart=\/usr\/local\/bin\/pcoip-cmsg /m, "ExecStart=/bin/true "));
+  writeFileSync(file, unitText.replace(/^(Exec\w+)=\/usr\/local\/bin\/pcoip-cmsg /gm, "$1=/bin/true "));
   const r = Bun.spawnSync([analyze!, "verify", "--man=no", file], { stdout: "pipe", stderr: "pipe" });
   const output = `${r.stdout.toString()}\n${r.stderr.toString()}`;
   const ours = output.split("\n").filter((l) => l.includes("pcoip-cmsg.service"));
