@@ -7,10 +7,10 @@
 import { type CommandRunner, commandLine, runCommand, systemdRunning } from "../platform/host.ts";
 import { installLayout, SERVICE_NAME } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
-import { flagBool, flagString, type FlagSpec, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
 import { createReporter } from "./configure.ts";
-import { loggedReporter, openInstallLog } from "./install-log.ts";
 import { drainForUpgrade } from "./install.ts";
+import { loggedReporter, openInstallLog } from "./install-log.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 import { adminEndpointOf } from "./status.ts";
 
