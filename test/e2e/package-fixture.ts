@@ -1,0 +1,213 @@
+/**
+ * What the package tests share: the executable compiled once per test file (default target; a copy stands in for
+ * the x64-baseline build, which this CPU runs too), packages built from it by scripts/package.ts, and a minimal
+ * Debian 12 root filesystem (debootstrap --variant=minbase, with systemd) cached between runs outside the
+ * repository. Each test works on its own overlay of that root, in its own mount, PID, network, UTS and IPC
+ * namespaces, so neither the rpm/dpkg database, the users nor the kernel settings of this machine are touched.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { cleanEnv } from "../peers/run-command.ts";
+
+export const REPO = resolve(import.meta.dir, "../..");
+export const VERSION = (JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string })
+  .version;
+/** Outside the repository, kept between runs (CI's machine keeps it too; a new machine rebuilds it in ~1 min). */
+export const CACHE = process.env.PCOIP_CMSG_TEST_CACHE ?? "/var/cache/pcoip-cmsg-test";
+const ROOT = join(CACHE, "bookworm-systemd");
+
+export interface Ran {
+  readonly code: number;
+  readonly out: string;
+  readonly err: string;
+}
+
+export async function sh(
+  argv: string[],
+  o: { timeoutMs?: number; cwd?: string; stdin?: string } = {},
+): Promise<Ran> {
+  const proc = Bun.spawn(argv, {
+    cwd: o.cwd ?? REPO,
+    env: cleanEnv(),
+    stdin: o.stdin === undefined ? "ignore" : new TextEncoder().encode(o.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const timer = setTimeout(() => proc.kill("SIGKILL"), o.timeoutMs ?? 120_000);
+  try {
+    const [out, err, code] = await Promise.all([
+      new Response(proc.stdout).text(),
+      new Response(proc.stderr).text(),
+      proc.exited,
+    ]);
+    return { code, out, err };
+  } finally {
+    clearTimeout(timer);
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+  }
+}
+
+/** Why these tests cannot run here, or undefined. Under CI=true the caller fails instead of skipping. */
+export function cannotRun(tools: readonly string[]): string | undefined {
+  if (process.getuid?.() !== 0) return "not root: mounting an overlay and making namespaces need root";
+  for (const t of ["unshare", "nsenter", "mount", "debootstrap", ...tools])
+    if (!Bun.which(t)) return `${t} is not installed (bash scripts/system-deps.sh installs it)`;
+  return undefined;
+}
+
+/** Compiles the executable into `dir` (pcoip-cmsg, plus a copy as pcoip-cmsg-baseline). */
+export async function buildExecutables(dir: string): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const r = await sh(
+    [
+      process.execPath,
+      "build",
+      "--compile",
+      "--minify",
+      "--bytecode",
+      `--define=PCOIP_CMSG_VERSION=${JSON.stringify(VERSION)}`,
+      '--define=PCOIP_CMSG_COMMIT="pkgtest"',
+      "src/main.ts",
+      "--outfile",
+      join(dir, "pcoip-cmsg"),
+    ],
+    { timeoutMs: 170_000 },
+  );
+  if (r.code !== 0) throw new Error(`bun build --compile exited ${r.code}: ${r.err}`);
+  const cp = await sh(["cp", join(dir, "pcoip-cmsg"), join(dir, "pcoip-cmsg-baseline")]);
+  if (cp.code !== 0) throw new Error(cp.err);
+}
+
+/** Runs scripts/package.ts; returns the package file. */
+export async function buildPackage(
+  binDir: string,
+  out: string,
+  kind: "rpm" | "deb",
+  release: string,
+): Promise<string> {
+  const r = await sh(
+    [
+      process.execPath,
+      "scripts/package.ts",
+      "--bin-dir",
+      binDir,
+      "--out",
+      out,
+      "--only",
+      kind,
+      "--release",
+      release,
+      "--fast",
+    ],
+    { timeoutMs: 170_000 },
+  );
+  if (r.code !== 0) throw new Error(`npm run package exited ${r.code}:\n${r.out}\n${r.err}`);
+  const file = join(
+    out,
+    kind === "rpm"
+      ? `pcoip-cmsg-${VERSION}-${release}.x86_64.rpm`
+      : `pcoip-cmsg_${VERSION}-${release}_amd64.deb`,
+  );
+  if (!existsSync(file)) throw new Error(`${file} was not built:\n${r.out}`);
+  return file;
+}
+
+/** The mirror apt uses here (so the test names no host of its own). */
+function debianMirror(): string {
+  for (const f of [
+    "/etc/apt/sources.list",
+    ...listDir("/etc/apt/sources.list.d").map((n) => `/etc/apt/sources.list.d/${n}`),
+  ]) {
+    const text = existsSync(f) ? readFileSync(f, "utf8") : "";
+    const m =
+      /^URIs:\s*(\S+\/debian)\/?\s*$/m.exec(text) ??
+      /^deb\s+(?:\[[^\]]*\]\s+)?(\S+\/debian)\/?\s/m.exec(text);
+    if (m) return m[1]!;
+  }
+  throw new Error("no Debian mirror in /etc/apt/sources.list(.d): debootstrap needs one");
+}
+
+function listDir(d: string): string[] {
+  try {
+    return readdirSync(d);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The cached minimal Debian 12 root with systemd (built on first use under a lock, so parallel test files wait
+ * for one debootstrap instead of racing).
+ */
+export async function debianRoot(): Promise<string> {
+  mkdirSync(CACHE, { recursive: true });
+  if (existsSync(join(ROOT, "lib/systemd/systemd"))) return ROOT;
+  const script = `set -e
+if [ ! -e '${ROOT}/lib/systemd/systemd' ]; then
+  rm -rf '${ROOT}.tmp'
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm '${ROOT}.tmp' '${debianMirror()}' >'${CACHE}/debootstrap.log' 2>&1 || { tail -20 '${CACHE}/debootstrap.log' >&2; exit 1; }
+  rm -rf '${ROOT}'
+  mv '${ROOT}.tmp' '${ROOT}'
+fi`;
+  const r = await sh(["flock", join(CACHE, ".lock"), "sh", "-c", script], { timeoutMs: 600_000 });
+  if (r.code !== 0) throw new Error(`debootstrap of the test root failed:\n${r.err}`);
+  return ROOT;
+}
+
+/** A writable copy-on-write view of the cached root, mounted at `merged`. */
+export class OverlayRoot {
+  readonly dir: string;
+  readonly merged: string;
+  private constructor(dir: string) {
+    this.dir = dir;
+    this.merged = join(dir, "merged");
+  }
+
+  static async create(lower: string, prefix: string): Promise<OverlayRoot> {
+    const runs = join(CACHE, "runs");
+    mkdirSync(runs, { recursive: true });
+    const o = new OverlayRoot(mkdtempSync(join(runs, `${prefix}-`)));
+    for (const d of ["upper", "work", "merged"]) mkdirSync(join(o.dir, d));
+    const r = await sh([
+      "mount",
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${lower},upperdir=${join(o.dir, "upper")},workdir=${join(o.dir, "work")}`,
+      o.merged,
+    ]);
+    if (r.code !== 0) {
+      rmSync(o.dir, { recursive: true, force: true });
+      throw new Error(`mounting the overlay failed: ${r.err}`);
+    }
+    return o;
+  }
+
+  /**
+   * Runs a shell script on this machine in new mount, PID, network, UTS and IPC namespaces, with /proc mounted in
+   * the root (for chroot'ed scriptlets): sysctl writes land in the namespace's own network stack.
+   */
+  inNamespaces(script: string, timeoutMs = 120_000): Promise<Ran> {
+    return sh(
+      [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--net",
+        "--uts",
+        "--ipc",
+        "sh",
+        "-c",
+        `set -e; mount --make-rprivate /; mount -t proc proc '${this.merged}/proc'; R='${this.merged}'; set +e\n${script}`,
+      ],
+      { timeoutMs },
+    );
+  }
+
+  async dispose(): Promise<void> {
+    await sh(["umount", "-l", this.merged]);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
