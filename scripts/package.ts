@@ -252,7 +252,7 @@ Architecture: amd64
 Maintainer: pcoip-cmsg maintainers <pcoip-cmsg@example.net>
 Installed-Size: ${duKiB(root)}
 Depends: libc6 (>= 2.17)
-Suggests: nftables
+Suggests: libnftables1
 Provides: pcoip-cmsg-setup
 Section: net
 Priority: optional
