@@ -3,9 +3,10 @@
 # upstream-broker tests, systemd-analyze for the unit check, iproute2 for network-namespace tests, openssl for
 # test certificates, haproxy as the real load balancer of the multi-node test; rpm, rpmlint, lintian and debootstrap
 # for the package tests: rpmbuild and dpkg-deb build the RPM and deb, debootstrap makes the minimal Debian root they
-# are installed into). Installs only what is missing; needs root (CI and these machines run as root).
+# are installed into; nftables + conntrack for the kernel UDP path). Installs only what is missing; needs root (CI
+# and these machines run as root).
 set -euo pipefail
-want=(openssl iproute2 python3 slapd ldap-utils tinyproxy systemd procps haproxy rpm rpmlint lintian debootstrap)
+want=(openssl iproute2 python3 slapd ldap-utils tinyproxy systemd procps haproxy rpm rpmlint lintian debootstrap nftables conntrack)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

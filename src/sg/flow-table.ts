@@ -49,6 +49,9 @@ export interface UdpRelayCounters {
   bytesUp: number;
   packetsDown: number;
   bytesDown: number;
+  /** Of those, carried by the kernel path without the relay seeing them. */
+  kernelPacketsUp: number;
+  kernelPacketsDown: number;
   flowsBound: number;
   /** A client port joined a live flow (NAT rebinding, restarted socket, or a spoofer on the client's IP). */
   flowsRebound: number;
@@ -68,6 +71,8 @@ export function newUdpCounters(): UdpRelayCounters {
     bytesUp: 0,
     packetsDown: 0,
     bytesDown: 0,
+    kernelPacketsUp: 0,
+    kernelPacketsDown: 0,
     flowsBound: 0,
     flowsRebound: 0,
     replyPortMoves: 0,
@@ -343,6 +348,7 @@ export class FlowTable {
       f.lastUpAt = this.clock;
       this.counters.packetsUp += up.packets;
       this.counters.bytesUp += up.bytes;
+      this.counters.kernelPacketsUp += up.packets;
     }
     if (down.packets > 0) {
       const first = f.packetsDown === 0;
@@ -351,6 +357,7 @@ export class FlowTable {
       f.lastDownAt = this.clock;
       this.counters.packetsDown += down.packets;
       this.counters.bytesDown += down.bytes;
+      this.counters.kernelPacketsDown += down.packets;
       if (first) this.o.journal?.reached(f.session.id, "udp-from-agent");
     }
   }

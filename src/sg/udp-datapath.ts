@@ -13,6 +13,8 @@ export interface UdpDataPath extends FlowEvents {
   readonly kind: UdpPathKind;
   /** Flows the kernel carries now (always 0 on the userspace path). */
   readonly carriedFlows: number;
+  /** The relay itself forwarded an agent datagram of this flow (the kernel path checks whether it can take over). */
+  sawReply(flow: Flow): void;
   /** Reports the traffic carried since the last call (kernel counters); called on the relay's sweep. */
   collect(): void;
   stop(): Promise<void>;
@@ -25,6 +27,7 @@ export function userspacePath(): UdpDataPath {
     carriedFlows: 0,
     carry(_flow: Flow) {},
     release(_flow: Flow) {},
+    sawReply(_flow: Flow) {},
     collect() {},
     async stop() {},
   };

@@ -196,6 +196,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
   function onAgentDatagram(s: UdpSession, buf: Buffer): void {
     const f = table.noteDown(s, buf.length);
     if (f === undefined) return;
+    path.sawReply(f);
     try {
       if (!f.listener.send(buf, f.replyPort, f.addr)) counters.drops.send_blocked++;
     } catch {
@@ -260,6 +261,8 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
 
   function socketOpened(s: UdpSession, sock: SessionSocket): void {
     s.socket = sock;
+    // The kernel path first: the agent's answers to the held datagrams must find the flow's elements in place.
+    if (s.flow) path.carry(s.flow);
     const q = s.queue;
     s.queue = [];
     // The datagrams held while opening leave in one batch (one syscall path instead of one per datagram).
@@ -271,7 +274,6 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
         counters.drops.send_error += q.length;
       }
     }
-    if (s.flow) path.carry(s.flow);
   }
 
   /** Binds the session's socket; a port some other process holds is skipped (up to `tries` ports). */

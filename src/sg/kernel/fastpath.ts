@@ -47,7 +47,12 @@ interface Carried {
   warmFrom: number;
   seenUp: Traffic;
   seenDown: Traffic;
+  /** Polls the up counter while warm (every WARM_POLL_MS), so the agent's answers leave user space quickly. */
+  warmTimer: ReturnType<typeof setTimeout> | undefined;
 }
+
+/** While a flow is warm, its up counter is read this often (one nft command; ≈ 0.1–0.4 ms). */
+const WARM_POLL_MS = 10;
 
 function readFlag(path: string): boolean | undefined {
   try {
@@ -95,6 +100,10 @@ export function openKernelPath(
       };
     }
   }
+  // A leftover table (a crash) goes in its own transaction first: with its NAT hooks gone the kernel drops the
+  // conntrack entries it had NATed, so no old binding collides with (or outlives) the new table.
+  nft.run(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}`);
+  const flushed = flushStaleBindings(o.listenPorts);
   const created = nft.run(
     ruleset({ listenPorts: o.listenPorts, sourcePorts: o.sourcePorts, dropOtherForwarding: weEnabled }),
   );
@@ -114,10 +123,35 @@ export function openKernelPath(
         ? "switched on by pcoip-cmsg; only admitted media is forwarded"
         : "on already",
       ipv6: v6Forwarding ? "kernel path" : "userspace (net.ipv6.conf.all.forwarding is 0)",
+      staleBindings: flushed,
     },
     "sg udp fast path: the kernel carries admitted media (nftables)",
   );
   return { ok: true, path: kernelPath(nft, o, { weEnabled, v6Forwarding }) };
+}
+
+/**
+ * Deleting the table does not delete the conntrack entries it NATed: after a crash, a client still sending keeps
+ * its old binding alive and a new session's binding on the same source port would collide with it. Every UDP
+ * entry toward our listener ports is ours (the SG owns them on this host), so they go, once per start, through
+ * the `conntrack` tool (Debian: conntrack). Without it, zones start at a random point, which makes a collision
+ * unlikely, and the entries die within the UDP conntrack timeout (120 s of silence).
+ */
+export function flushStaleBindings(listenPorts: readonly number[]): string {
+  const done: string[] = [];
+  for (const port of new Set(listenPorts)) {
+    try {
+      const r = Bun.spawnSync(["conntrack", "-D", "-p", "udp", "--orig-port-dst", String(port)], {
+        stdout: "ignore",
+        stderr: "pipe",
+      });
+      // conntrack exits 1 when nothing matched; its summary line goes to stderr.
+      done.push(r.stderr.toString().trim().split("\n").pop() ?? "");
+    } catch {
+      return "conntrack tool not installed: bindings left by a crash expire within 120 s of silence";
+    }
+  }
+  return done.join("; ");
 }
 
 function writeFlag(path: string, value: "0" | "1"): void {
@@ -136,7 +170,8 @@ function kernelPath(
   const bySourcePort = new Map<number, Carried>();
   const byFlow = new Map<Flow, Carried>();
   const zonesInUse = new Set<number>();
-  let nextZone = 1;
+  // A random start: bindings a crash left in conntrack (flushStaleBindings) are unlikely to share a zone.
+  let nextZone = 1 + Math.floor(Math.random() * 65534);
   let failuresLogged = 0;
 
   function takeZone(): number {
@@ -221,6 +256,29 @@ function kernelPath(
     if (dUp.packets > 0 || dDown.packets > 0) o.onCarried(c.flow, dUp, dDown);
   }
 
+  /** A client datagram went through the NAT binding: it exists, and the agent's answers match it now. */
+  function coolIfBound(c: Carried): void {
+    if (!c.warm || c.seenUp.packets <= c.warmFrom) return;
+    c.warm = false;
+    clearTimeout(c.warmTimer);
+    c.warmTimer = undefined;
+    nft.run(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
+  }
+
+  function pollWarm(c: Carried): void {
+    clearTimeout(c.warmTimer);
+    let polls = 0;
+    const tick = () => {
+      c.warmTimer = undefined;
+      if (!c.warm || byFlow.get(c.flow) !== c) return;
+      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
+      coolIfBound(c);
+      // After a second the sweep's reading takes over (a client that went quiet right after its first datagram).
+      if (c.warm && ++polls < 1000 / WARM_POLL_MS) c.warmTimer = setTimeout(tick, WARM_POLL_MS);
+    };
+    c.warmTimer = setTimeout(tick, WARM_POLL_MS);
+  }
+
   return {
     kind: "kernel",
     get carriedFlows() {
@@ -257,6 +315,7 @@ function kernelPath(
           warmFrom: 0,
           seenUp: { packets: 0, bytes: 0 },
           seenDown: { packets: 0, bytes: 0 },
+          warmTimer: undefined,
         };
       }
       c.warm = true;
@@ -272,10 +331,12 @@ function kernelPath(
       }
       byFlow.set(flow, c);
       bySourcePort.set(c.sourcePort, c);
+      pollWarm(c);
     },
     release(flow) {
       const c = byFlow.get(flow);
       if (!c) return;
+      clearTimeout(c.warmTimer);
       byFlow.delete(flow);
       bySourcePort.delete(c.sourcePort);
       zonesInUse.delete(c.zone);
@@ -292,21 +353,22 @@ function kernelPath(
         flow,
       );
     },
+    sawReply(flow) {
+      const c = byFlow.get(flow);
+      if (!c?.warm) return;
+      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
+      coolIfBound(c);
+    },
     collect() {
       if (byFlow.size === 0) return;
       const counters = readCounters([]);
-      const cool: string[] = [];
       for (const c of byFlow.values()) {
         report(c, counters);
-        // A client datagram went through the NAT binding: it exists, and the agent's answers match it now.
-        if (c.warm && c.seenUp.packets > c.warmFrom) {
-          c.warm = false;
-          cool.push(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
-        }
+        coolIfBound(c);
       }
-      if (cool.length > 0) nft.run(cool.join("\n"));
     },
     async stop() {
+      for (const c of byFlow.values()) clearTimeout(c.warmTimer);
       nft.run(`delete table ${FAMILY} ${TABLE}`);
       if (state.weEnabled) writeFlag(IPV4_FORWARD, "0");
       nft.close();
@@ -318,7 +380,7 @@ function kernelPath(
  * Removes our table (and switches forwarding off when the table says we switched it on): the unit's
  * ExecStopPost, so a crash leaves nothing behind. True when there was something to remove.
  */
-export function cleanupKernelPath(): { removed: boolean; error?: string } {
+export function cleanupKernelPath(listenPorts: readonly number[]): { removed: boolean; error?: string } {
   const opened = openNft();
   if (!opened.ok) return { removed: false, error: opened.error };
   const nft = opened.nft;
@@ -327,6 +389,7 @@ export function cleanupKernelPath(): { removed: boolean; error?: string } {
     const forwardingWasOurs = previousTurnedForwardingOn(nft);
     const r = nft.run(`delete table ${FAMILY} ${TABLE}`);
     if (!r.ok) return { removed: false, error: r.error };
+    flushStaleBindings(listenPorts);
     if (forwardingWasOurs) writeFlag(IPV4_FORWARD, "0");
     return { removed: true };
   } finally {

@@ -60,13 +60,14 @@ export function ruleset(o: RulesetOptions): string {
     "  chain raw_prerouting {",
     "    type filter hook prerouting priority raw; policy accept;",
     ...both(
-      (v, ip) => `    udp dport ${listen} fib daddr type local ${ip} saddr . udp sport != @dnat${v} notrack`,
+      (v, ip) =>
+        `    udp dport ${listen} fib daddr type local ${ip} saddr . udp sport != @dnat${v} notrack accept`,
     ),
     ...both(
       (v, ip) =>
         `    udp dport ${listen} fib daddr type local ct zone set ${ip} saddr . udp sport map @zone${v}`,
     ),
-    `    udp dport ${range} udp dport @warm fib daddr type local notrack`,
+    `    udp dport ${range} udp dport @warm fib daddr type local notrack accept`,
     `    udp dport ${range} fib daddr type local ct zone set udp dport map @zone_port`,
     "  }",
     "  chain raw_output {",
@@ -92,7 +93,7 @@ export function ruleset(o: RulesetOptions): string {
     "  }",
     "  chain forward {",
     "    type filter hook forward priority filter; policy accept;",
-    `    meta l4proto udp ct status dnat ct original proto-dst ${listen} ct reply proto-dst ${range} jump media`,
+    `    meta l4proto udp ct status dnat ct original proto-dst ${listen} jump media`,
     o.dropOtherForwarding ? "    drop" : "",
     "  }",
     "  chain media {",
