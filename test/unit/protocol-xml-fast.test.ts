@@ -1,12 +1,13 @@
 // Claim: the XML fast path (xml-fast.ts) gives exactly what the full path (scan, validator, fast-xml-parser)
-// gives — the same tree with the same key order, or the same refusal — for any document, and it is the path the
-// documents of a login take.
+// gives — the same tree with the same key order, or the same refusal — for any document; it is the path the
+// documents of a login take; and its cost stays linear in the document's size up to its limit (the hostile
+// suite's linearity checks time 4 KiB and 64 KiB documents, which both take the full path).
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { HELLO_DOCUMENT } from "../../bench/lib/logins.ts";
 import { buildLaunchSessionResp } from "../../src/protocol/agent.ts";
 import { isRepeated, parseXml } from "../../src/protocol/xml.ts";
-import { fastParseXml } from "../../src/protocol/xml-fast.ts";
+import { FAST_MAX_CHARS, fastParseXml } from "../../src/protocol/xml-fast.ts";
 
 /** Both paths' answers as one order-sensitive string. */
 const viaFast = (xml: string) => JSON.stringify(parseXml(xml));
@@ -197,5 +198,49 @@ describe("the documents of a login take the fast path", () => {
         expect(JSON.stringify({ ok: true, msg: fast })).toBe(viaFull(d));
       },
     );
+  }
+});
+
+describe("the fast path stays linear (its own inputs: 128 bytes to its limit)", () => {
+  /** Smallest time per call over several rounds: the neighbours on a shared machine only ever add time. */
+  const minMicros = (fn: () => unknown, rounds: number, perRound: number) => {
+    let best = Number.POSITIVE_INFINITY;
+    for (let r = 0; r < rounds; r++) {
+      const t0 = performance.now();
+      for (let i = 0; i < perRound; i++) fn();
+      best = Math.min(best, ((performance.now() - t0) * 1000) / perRound);
+    }
+    return best;
+  };
+  const fill = (head: string, unit: string, tail: string, chars: number) =>
+    head + unit.repeat(Math.max(1, Math.floor((chars - head.length - tail.length) / unit.length))) + tail;
+  const shapes: [string, (chars: number) => string][] = [
+    ["many sibling elements", (c) => fill("<a>", "<b>t</b>", "</a>", c)],
+    ["many repeated list items", (c) => fill("<caps>", "<cap>X</cap>", "</caps>", c)],
+    ["long text full of references", (c) => fill("<a><p>", "&amp;&#65;x", "</p></a>", c)],
+    [
+      "many attributes",
+      (c) => {
+        const n = Math.max(1, Math.floor((c - 5) / 12));
+        return `<a${Array.from({ length: n }, (_, k) => ` x${String(k).padStart(6, "0")}="1"`).join("")}/>`;
+      },
+    ],
+    [
+      "nesting to the depth limit, then siblings",
+      (c) => fill(`${"<d>".repeat(15)}`, "<e/>", "</d>".repeat(15), c),
+    ],
+  ];
+  for (const [what, make] of shapes) {
+    test(what, () => {
+      const small = make(128);
+      const large = make(FAST_MAX_CHARS);
+      expect(fastParseXml(small, isRepeated)).toBeDefined();
+      expect(fastParseXml(large, isRepeated)).toBeDefined();
+      const factor = large.length / small.length;
+      const tSmall = minMicros(() => fastParseXml(small, isRepeated), 7, 64);
+      const tLarge = minMicros(() => fastParseXml(large, isRepeated), 7, 4);
+      // Twice linear is the headroom for a shared machine (as the hostile suite allows).
+      expect(tLarge / tSmall).toBeLessThanOrEqual(2 * factor);
+    });
   }
 });
