@@ -5,8 +5,10 @@
  * @example
  * const code = await runConfigCommand(["check", "--config", "config/dev.toml"], processIo);
  */
+
 import { describeKeys, type KeyInfo, loadConfig, nearest } from "../config/load.ts";
 import { tls13Note, validateCipherList } from "../tls/policy.ts";
+import { explainTrust, outgoingChecks } from "../tls/provision.ts";
 import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
 import type { CliIo } from "./io.ts";
 
@@ -97,6 +99,9 @@ function check(argv: string[], io: CliIo, env: Readonly<Record<string, string | 
   const r = loadConfig({ file, env, strict: true });
   const errors = r.ok ? [] : [...r.errors];
   const warnings = [...r.warnings];
+  // What tls.caCert and tls.trustedCa each do here (the two used to be one key: issue 18).
+  const trust = r.ok ? explainTrust(r.config.tls, outgoingChecks(r.config)) : undefined;
+  if (trust?.deprecation) warnings.push(`${file}: ${trust.deprecation}`);
   if (r.ok) {
     // The TLS library decides which suites exist, so this rule lives in tls/policy.ts, not in the schema.
     const suites = validateCipherList(r.config.tls.ciphers);
@@ -113,6 +118,7 @@ function check(argv: string[], io: CliIo, env: Readonly<Record<string, string | 
     return 1;
   }
   io.stdout(`config OK: ${file}\n`);
+  for (const n of trust?.notes ?? []) io.stdout(`note: ${n}\n`);
   io.stdout(`note: ${tls13Note()}\n`);
   return 0;
 }

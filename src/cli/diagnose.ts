@@ -51,6 +51,7 @@ import {
 import { type InstallLayout, installLayout, SERVICE_NAME } from "../platform/paths.ts";
 import { describeCertificates, loadCertificatePair, MIN_RSA_BITS } from "../tls/certs.ts";
 import { SG_SUITES_NOTE, tls13Note } from "../tls/policy.ts";
+import { explainTrust, outgoingChecks, trustedCaFile } from "../tls/provision.ts";
 import { COMMIT, PRODUCT_NAME, VERSION } from "../version.ts";
 import { type FlagSpec, flagBool, flagList, flagString, formatFlags, parseArgs } from "./args.ts";
 import { parseEnvFile } from "./configure.ts";
@@ -530,12 +531,25 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
     }
   }
 
+  // Which CA bundle the outgoing checks trust (tls.trustedCa, or the deprecated caCert double use).
+  if (config) {
+    const trust = explainTrust(config.tls, outgoingChecks(config));
+    if (trust.deprecation)
+      add(
+        "WARN",
+        "trusted CA",
+        trust.deprecation,
+        "add tls.trustedCa to the config (`pcoip-cmsg config check` explains both keys)",
+      );
+    else add("INFO", "trusted CA", trust.notes.join("; "));
+  }
+
   // The upstream broker.
   if (config?.brokerUrl) await checkBroker(config, layout, proxyEnv, o.timeoutMs, add);
 
   // Agents: configured desktops and --agent.
   const agents = [...new Set([...(config?.desktops ?? []).map((d) => d.agent), ...o.agents])];
-  const ca = config?.tls.caCert ? readText(layout.onDisk(config.tls.caCert)) : undefined;
+  const ca = trustedCaText(config, layout);
   const probed4172 = new Set<string>();
   for (const agent of agents) await checkAgent(agent, config, ca, o.timeoutMs, probed4172, add);
   if (agents.length === 0 && config && !config.brokerUrl)
@@ -573,6 +587,16 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
   return out;
 }
 
+/**
+ * The CA bundle the CM trusts for broker, agent and LDAP checks, as the running service would (tls/provision.ts):
+ * tls.trustedCa, or the deprecated caCert double use. Never tls.caCert when trustedCa is set: that is the chain
+ * the CM serves.
+ */
+function trustedCaText(config: Readonly<Config> | undefined, layout: InstallLayout): string | undefined {
+  const file = config ? trustedCaFile(config.tls).file : undefined;
+  return file ? readText(layout.onDisk(file)) : undefined;
+}
+
 async function checkBroker(
   config: Readonly<Config>,
   layout: InstallLayout,
@@ -599,7 +623,7 @@ async function checkBroker(
     }
     socket = t.socket;
   }
-  const ca = config.tls.caCert ? readText(layout.onDisk(config.tls.caCert)) : undefined;
+  const ca = trustedCaText(config, layout);
   const r = await tlsProbe(host, port, { timeoutMs, ...(ca ? { ca } : {}), ...(socket ? { socket } : {}) });
   if (!r.ok) {
     const f = connectFix(r.code, "broker", host, port);
@@ -613,7 +637,7 @@ async function checkBroker(
       "FAIL",
       "broker certificate",
       `${config.brokerUrl}: the certificate (${r.subject}) does not verify: ${r.authorizationError}${proxy ? " (a proxy doing TLS inspection issues its own certificates)" : ""}`,
-      "give the CA that issued it with `pcoip-cmsg configure --ca-cert FILE`, or set tls.brokerCertCheck = false",
+      "set tls.trustedCa to the CA bundle (PEM) that issued it, or set tls.brokerCertCheck = false",
     );
   if (bad.length === 0 && (r.authorized || !config.tls.brokerCertCheck))
     add(
@@ -645,7 +669,7 @@ async function checkAgent(
         "FAIL",
         name,
         `the agent certificate does not verify: ${r.authorizationError}`,
-        "give its CA with --ca-cert, or set tls.agentCertCheck = false",
+        "set tls.trustedCa to the CA bundle (PEM) that issued it, or set tls.agentCertCheck = false",
       );
     else if (bad.length === 0)
       add("PASS", name, `${r.protocol}, ${r.keyType.toUpperCase()}-${r.keyBits ?? "?"} (${r.subject})`);
@@ -894,6 +918,7 @@ export async function writeSupportBundle(
     for (const [label, file] of [
       ["tls.cert", config.tls.cert],
       ["tls.caCert", config.tls.caCert],
+      ["tls.trustedCa", config.tls.trustedCa],
       ["license.trustedCert", config.license.trustedCert],
     ] as const) {
       if (!file) continue;

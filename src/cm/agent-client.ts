@@ -35,7 +35,7 @@ export interface AgentClientOptions {
   readonly timeoutMs?: number;
   /** `agentCertCheck`: verify the agent's certificate against `ca`. Default false. */
   readonly verify?: boolean;
-  /** PEM trust anchor(s) for `verify` (`--ca-cert`). */
+  /** PEM trust anchor(s) for `verify` (`tls.trustedCa`). */
   readonly ca?: string;
   /** TLS 1.2 suites (default the vendor's list). */
   readonly suites?: readonly string[];
@@ -263,7 +263,7 @@ function open(
 
 function judge(socket: TLSSocket, agent: AgentAddress, where: string): AgentFailure | undefined {
   const fix =
-    "put the CA that issued the agents' certificates in --ca-cert, or install a certificate from that CA on the agent, or set agentCertCheck = false";
+    "put the CA that issued the agents' certificates in tls.trustedCa, or install a certificate from that CA on the agent, or set agentCertCheck = false";
   if (!socket.authorized) {
     const code = String(socket.authorizationError ?? "unknown");
     if (code !== "ERR_TLS_CERT_ALTNAME_INVALID") {

@@ -196,15 +196,19 @@ const tls = section("tls", {
   ),
   caCert: str(
     "",
-    "PEM CA certificate(s): served after the leaf as the chain, and trusted for broker/agent/LDAP checks.",
+    "PEM CA/intermediate certificate(s) served after `cert` as its chain (the vendor's --ca-cert). Not trusted for outgoing checks: that is trustedCa.",
+  ),
+  trustedCa: str(
+    "",
+    "PEM CA bundle trusted (besides the system store) to verify the upstream broker, agents and the LDAP directory. Empty: caCert is trusted instead (deprecated).",
   ),
   brokerCertCheck: bool(
     true,
-    "Verify the upstream broker's certificate (against caCert and the system store).",
+    "Verify the upstream broker's certificate (against trustedCa and the system store).",
   ),
   agentCertCheck: bool(
     false,
-    "Verify agents' certificates against caCert (agents ship self-signed certificates, hence off).",
+    "Verify agents' certificates against trustedCa (agents ship self-signed certificates, hence off).",
   ),
   selfSigned: bool(
     false,

@@ -25,7 +25,7 @@ import { startTcpRelay, type TcpRelay } from "../sg/tcp-relay.ts";
 import { startUdpRelay, type UdpRelay } from "../sg/udp-relay.ts";
 import type { CertificatePair } from "../tls/certs.ts";
 import { serverTls, validateCipherList } from "../tls/policy.ts";
-import { provisionServerCertificate } from "../tls/provision.ts";
+import { explainTrust, outgoingChecks, provisionServerCertificate, trustedCaFile } from "../tls/provision.ts";
 import { VERSION } from "../version.ts";
 import { type CmPlane, startCmPlane } from "./cm-plane.ts";
 
@@ -438,6 +438,10 @@ export async function startAppliance(
       if (t.pair.chainPem !== pair.chainPem || t.pair.key !== pair.key) {
         nextPair = t.pair;
         changed.push("tls (certificate files)");
+      } else if (t.pair.trustedCa !== pair.trustedCa) {
+        // A renewed trust bundle (same path, new content) reaches the broker, agent and LDAP clients.
+        nextPair = t.pair;
+        changed.push("tls (trusted CA bundle)");
       }
       if (changed.length === 0) return { ok: true, changed };
       const cmResult = await cm.reload(next, nextPair);
@@ -491,14 +495,18 @@ async function loadTls(
 ): Promise<{ ok: true; pair: CertificatePair } | { ok: false; error: Problem }> {
   const suites = validateCipherList(config.tls.ciphers);
   if (!suites.ok) return { ok: false, error: suites.error };
+  const trust = trustedCaFile(config.tls);
   const r = await provisionServerCertificate({
     certFile: config.tls.cert,
     keyFile: config.tls.key,
     ...(config.tls.caCert ? { caFile: config.tls.caCert } : {}),
+    ...(trust.file ? { trustedCaFile: trust.file } : {}),
     selfSigned: config.tls.selfSigned,
     hostAddresses: config.hostAddress,
   });
   if (!r.ok) return { ok: false, error: r.error };
+  const { deprecation } = explainTrust(config.tls, outgoingChecks(config));
+  if (deprecation) log.warn({ key: "tls.caCert" }, `configuration: ${deprecation}`);
   if (r.generated)
     log.info({ cert: config.tls.cert }, "generated a self-signed RSA-3072 certificate (tls.selfSigned)");
   for (const w of r.pair.warnings) log.warn({ cert: config.tls.cert }, `certificate: ${w}`);

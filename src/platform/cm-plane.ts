@@ -199,7 +199,8 @@ function build(
   deps: CmPlaneDeps,
 ): { ok: true; built: Built } | { ok: false; error: { what: string; cause: string; fix: string } } {
   const { log } = deps;
-  const ca = pair.ca;
+  // tls.trustedCa (or the deprecated caCert double use, tls/provision.ts): broker, agent and LDAP checks.
+  const ca = pair.trustedCa;
   const self: ProductInfo = {
     productName: "pcoip-cmsg Connection Manager",
     productVersion: VERSION,

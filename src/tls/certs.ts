@@ -23,8 +23,13 @@ export interface CertificateFiles {
   readonly certFile: string;
   /** PEM private key, unencrypted (may be the same file as certFile). */
   readonly keyFile: string;
-  /** `--ca-cert`: served after the leaf as the chain, and a trust anchor for broker/agent checks. */
+  /** `--ca-cert` / `tls.caCert`: served after the leaf as the chain. */
   readonly caFile?: string;
+  /**
+   * `tls.trustedCa` (or, in the deprecated double use, the caCert file): the trust anchors for broker, agent and
+   * LDAP checks. Never served.
+   */
+  readonly trustedCaFile?: string;
   /** Names clients use (`hostAddress`): a warning names each one the certificate does not cover. */
   readonly expectedNames?: readonly string[];
 }
@@ -37,8 +42,10 @@ export interface CertificatePair {
   readonly cert: string;
   /** The private key, PEM with LF line endings. */
   readonly key: string;
-  /** The CA file's certificates (PEM): trust anchors for upstream checks. */
+  /** The CA file's certificates (PEM), served in the chain. */
   readonly ca: string | undefined;
+  /** The trusted CA file's certificates (PEM): trust anchors for broker, agent and LDAP checks. */
+  readonly trustedCa: string | undefined;
   /** What the listeners serve: the leaf, the cert file's intermediates, then the CA file's certificates. */
   readonly chainPem: string;
   readonly subject: string;
@@ -75,11 +82,12 @@ const SHA1_OIDS = new Set([
   "2.16.840.1.101.3.4.3.1",
 ]);
 
-type Role = "certificate" | "private key" | "CA certificate";
+type Role = "certificate" | "private key" | "CA certificate" | "trusted CA bundle";
 const FLAG: Readonly<Record<Role, string>> = {
   certificate: "--ssl-cert / [tls] cert",
   "private key": "--ssl-key / [tls] key",
   "CA certificate": "--ca-cert / [tls] caCert",
+  "trusted CA bundle": "[tls] trustedCa",
 };
 const PROPER_PAIR_FIX =
   "issue an RSA certificate of 3072 bits or more (or ECDSA P-256/P-384) signed with SHA-256, or run " +
@@ -115,6 +123,15 @@ export function loadCertificatePair(files: CertificateFiles, now: Date = new Dat
     // A CA already present in the cert file is not served twice.
     const have = new Set(served.certs.map((c) => c.x509.fingerprint256));
     for (const c of ca.certs) if (!have.has(c.x509.fingerprint256)) served.certs.push(c);
+  }
+
+  let trustedCa: string | undefined;
+  if (files.trustedCaFile && files.trustedCaFile === caFile) trustedCa = caPem;
+  else if (files.trustedCaFile) {
+    const trust = loadCaBundle(files.trustedCaFile, now, "trusted CA bundle");
+    if (!trust.ok) return trust;
+    trustedCa = trust.pem;
+    warnings.push(...trust.warnings);
   }
 
   const leaf = served.certs[0]!;
@@ -211,6 +228,7 @@ export function loadCertificatePair(files: CertificateFiles, now: Date = new Dat
       cert: leaf.pem,
       key: key.pem,
       ca: caPem,
+      trustedCa,
       chainPem: served.certs.map((c) => c.pem).join(""),
       subject: dn(leaf.x509.subject),
       sans,
@@ -242,19 +260,24 @@ export interface LoadedCertificate {
 }
 
 /**
- * Reads `--ca-cert` alone (the trust anchor for broker and agent checks). Refused: unreadable, no certificate.
- * Warned: a CA that has expired or expires within 30 days.
+ * Reads a CA bundle alone: `--ca-cert` (the served chain's CA) or `tls.trustedCa` (the trust anchors for broker,
+ * agent and LDAP checks; `role` names it in messages). Refused: unreadable, no certificate. Warned: a CA that has
+ * expired or expires within 30 days.
  *
  * @example
  * const ca = loadCaBundle("/etc/pcoip-cmsg/certs/ca.pem");
  * if (ca.ok) fetch(url, { tls: clientTls({ ca: ca.pem, verify: true }) });
  */
-export function loadCaBundle(caFile: string, now: Date = new Date()): CaBundleResult {
-  const text = readPem(caFile, "CA certificate");
+export function loadCaBundle(
+  caFile: string,
+  now: Date = new Date(),
+  role: "CA certificate" | "trusted CA bundle" = "CA certificate",
+): CaBundleResult {
+  const text = readPem(caFile, role);
   if (!text.ok) return text;
-  const blocks = blocksOf(text.text, caFile, "CA certificate");
+  const blocks = blocksOf(text.text, caFile, role);
   if (!blocks.ok) return blocks;
-  const parsed = parseCertificates(blocks.blocks, caFile, "CA certificate");
+  const parsed = parseCertificates(blocks.blocks, caFile, role);
   if (!parsed.ok) return parsed;
   const warnings: string[] = [];
   for (const c of parsed.certs) {

@@ -211,7 +211,7 @@ export interface ClientTlsOptions {
 }
 
 /**
- * Client options: verification on or off (`brokerCertCheck` / `agentCertCheck`), `--ca-cert` as the trust anchor
+ * Client options: verification on or off (`brokerCertCheck` / `agentCertCheck`), `tls.trustedCa` as the trust anchor
  * when given (else the built-in roots), the configured suites plus their ECDSA/RSA twins, TLS 1.2–1.3 only.
  *
  * @example

@@ -369,7 +369,7 @@ describe.skipIf(Boolean(missing))("ldap authenticator against slapd", () => {
       expect(f.reason).toBe("unavailable");
       expect(f.detail).toContain(slapd.url);
       expect(f.detail).toContain("certificate");
-      expect(f.detail).toContain("caCert");
+      expect(f.detail).toContain("tls.trustedCa");
     });
 
     test("ldaps:// with the wrong CA is refused the same way", async () => {
@@ -464,7 +464,7 @@ describe.skipIf(Boolean(missing))("ldap authenticator against slapd", () => {
       expect(byName.get(`ldap ${down} reachable`)?.fix).not.toBe("");
       expect(byName.get(`ldap ${slapd.url} reachable`)).toMatchObject({ ok: true });
       expect(byName.get(`ldap ${slapd.url} tls`)).toMatchObject({ ok: false });
-      expect(byName.get(`ldap ${slapd.url} tls`)?.fix).toContain("caCert");
+      expect(byName.get(`ldap ${slapd.url} tls`)?.fix).toContain("tls.trustedCa");
 
       const bad = await checkDirectory(
         searchMode({ serviceBindPassword: "stale", searchBase: "ou=nowhere,dc=x" }),
@@ -515,7 +515,7 @@ describe("construction refuses bad settings with the key and the fix", () => {
     ],
     [{ groupSearchBase: "ou=g,dc=x", groupSearchFilter: "(member={dn}" }, /ldap\.groupSearchFilter/],
     [{ serviceBindDn: "cn=svc", serviceBindPassword: "" }, /unauthenticated bind/],
-    [{ caCert: "not a pem" }, /ldap\.caCert/],
+    [{ caCert: "not a pem" }, /tls\.trustedCa/],
     [{ groupSearchBase: "ou=groups,dc=x" }, /groupSearchFilter/],
     [{ timeoutMs: 5 }, /ldap\.timeoutMs/],
     [{ urls: ["ldap://dc1"], startTls: false }, /ldap\.allowInsecure/],

@@ -71,8 +71,9 @@ export interface FalconRequest {
 export interface FalconBroker {
   /** https://127.0.0.1:PORT */
   readonly url: string;
-  /** The CA that issued the broker's certificate. */
+  /** The CA that issued the broker's certificate, and its file. */
   readonly caCert: string;
+  readonly caCertFile: string;
   readonly requests: readonly FalconRequest[];
   /** Broker sessions by id → state. */
   sessionStates(): ReadonlyMap<string, string>;
@@ -326,6 +327,7 @@ export async function startFalconBroker(options: FalconBrokerOptions): Promise<F
   return {
     url: `https://127.0.0.1:${port}`,
     caCert: cert.ca,
+    caCertFile: cert.caFile,
     requests,
     sessionStates: () => new Map([...sessions].map(([id, s]) => [id, s.state])),
     forgetSessions: () => sessions.clear(),
@@ -421,14 +423,14 @@ function readRequest(buf: Buffer): RawRequest | undefined {
   };
 }
 
-function testLeaf(): { cert: string; key: string; ca: string } {
+function testLeaf(): { cert: string; key: string; ca: string; caFile: string } {
   const pki = testPki();
   const leaf = pki.leaf(["localhost", "127.0.0.1", "::1"]);
-  return { cert: leaf.cert, key: leaf.key, ca: pki.ca.cert };
+  return { cert: leaf.cert, key: leaf.key, ca: pki.ca.cert, caFile: pki.ca.certFile };
 }
 
 /** A leaf for 127.0.0.1 from "Falcon Broker Private CA", made once in the test PKI's folder. */
-function privateCaLeaf(): { cert: string; key: string; ca: string } {
+function privateCaLeaf(): { cert: string; key: string; ca: string; caFile: string } {
   const dir = testPki().dir;
   const f = (n: string) => join(dir, n);
   if (!existsSync(f("falcon-leaf.pem"))) {
@@ -492,5 +494,6 @@ function privateCaLeaf(): { cert: string; key: string; ca: string } {
     cert: readFileSync(f("falcon-leaf.pem"), "utf8"),
     key: readFileSync(f("falcon-leaf.key"), "utf8"),
     ca: readFileSync(f("falcon-ca.pem"), "utf8"),
+    caFile: f("falcon-ca.pem"),
   };
 }

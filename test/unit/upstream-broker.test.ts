@@ -96,7 +96,7 @@ describe("upstream broker behind the broker interface", () => {
       env: {},
       caCertPem: "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----",
     });
-    expect(!badCa.ok && badCa.error.what).toContain("--ca-cert");
+    expect(!badCa.ok && badCa.error.what).toContain("tls.trustedCa");
   });
 
   test("probe and hello: the broker's hello-resp with this CM's pcm-info; the session id stands in for a missing Client-Log-Id", async () => {

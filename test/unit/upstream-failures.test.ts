@@ -133,7 +133,7 @@ describe("certificate rules", () => {
   test.each([
     [
       "self-signed",
-      'is self-signed and not trusted: rule "the certificate must chain to --ca-cert or the system store"',
+      'is self-signed and not trusted: rule "the certificate must chain to tls.trustedCa or the system store"',
     ],
     ["wrong-ca", 'issuer "CN=Some Other CA") does not chain to a trusted CA'],
     ["weak-key", 'has a 1024-bit RSA key: rule "RSA keys of at least 2048 bits" broken'],

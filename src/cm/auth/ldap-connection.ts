@@ -154,7 +154,7 @@ export function describeConnectionError(err: unknown, server: LdapServer, timeou
       `certificate of ${at} not accepted: ${message}${code && !message.includes(code) ? ` (${code})` : ""}`,
       mismatch
         ? "connect by a name the certificate lists (its subjectAltName), or reissue the certificate with this name"
-        : "set [ldap].caCert to the CA (PEM) that issued the directory's certificate",
+        : "set tls.trustedCa to the CA bundle (PEM) that issued the directory's certificate",
     );
   }
   if (/ssl|tls|handshake|wrong version|alert/i.test(`${code} ${message}`)) {

@@ -76,7 +76,8 @@ export class LdapConfigError extends Error {
     readonly key: string,
     message: string,
   ) {
-    super(`ldap.${key}: ${message}`);
+    // Keys of other sections (tls.trustedCa) are named in full.
+    super(`${key.includes(".") ? key : `ldap.${key}`}: ${message}`);
     this.name = "LdapConfigError";
   }
 }
@@ -121,8 +122,8 @@ export function resolveLdapSettings(o: LdapOptions): LdapSettings {
       new X509Certificate(caCert);
     } catch (e) {
       throw new LdapConfigError(
-        "caCert",
-        `not a PEM certificate (${(e as Error).message}); give the CA in PEM form`,
+        "tls.trustedCa",
+        `not a PEM certificate (${(e as Error).message}); give the CA bundle in PEM form`,
       );
     }
   }

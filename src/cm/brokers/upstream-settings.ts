@@ -35,7 +35,7 @@ export interface UpstreamOptions {
   readonly allocateTimeoutMs?: number;
   /** `tls.brokerCertCheck` (default true). */
   readonly brokerCertCheck?: boolean;
-  /** `tls.caCert` as PEM text (one or more certificates), trusted besides the system store. */
+  /** `tls.trustedCa` as PEM text (one or more certificates), trusted besides the system store. */
   readonly caCertPem?: string;
   /**
    * System store: true (default) = the runtime's bundled roots plus the first SYSTEM_CA_FILES that exists; false =
@@ -140,7 +140,7 @@ function buildTrust(
       return {
         ok: false,
         error: {
-          what: "reading the CA certificate (--ca-cert)",
+          what: "reading the trusted CA bundle (tls.trustedCa)",
           cause: `not a PEM certificate (${(e as Error).message})`,
           fix: "give a PEM file with BEGIN CERTIFICATE blocks",
         },
@@ -171,7 +171,7 @@ function buildTrust(
       error: {
         what: "preparing TLS for the broker",
         cause: (e as Error).message,
-        fix: "check the cipher list and --ca-cert",
+        fix: "check the cipher list and tls.trustedCa",
       },
     };
   }

@@ -1,7 +1,7 @@
 /**
  * Opens one TLS connection to the upstream broker, directly or through the outbound proxy's CONNECT tunnel,
  * and judges the broker's certificate itself so that a refusal can say which rule was broken and by which
- * certificate (SPEC §5: `brokerCertCheck` against `--ca-cert` and the system store, RSA under 2048 bits and DSA
+ * certificate (SPEC §5: `brokerCertCheck` against `tls.trustedCa` and the system store, RSA under 2048 bits and DSA
  * refused). Through a proxy, a certificate that does not come from a trusted CA is reported as TLS inspection
  * (the proxy re-signs the broker's certificate with its own CA), and one whose issuer names a proxy product is
  * reported so even when the host trusts that CA.
@@ -307,7 +307,7 @@ function judgeCertificate(
   const fromExpected = trust.expected.some((ca) => issuedBy(peer, ca));
   const looksInspected = INSPECTION_ISSUER.test(leaf.issuer);
   const inspectionFix =
-    "exempt the broker's address from TLS inspection on the proxy (recommended), or add the proxy's CA to --ca-cert if inspecting this traffic is intended";
+    "exempt the broker's address from TLS inspection on the proxy (recommended), or add the proxy's CA to tls.trustedCa if inspecting this traffic is intended";
 
   if (!trust.check) {
     if (via && looksInspected) {
@@ -342,8 +342,8 @@ function judgeCertificate(
     }
     return fail("certificate", false, certificateRule(code, subject, issuer, selfSigned, leaf, endpoint), {
       fix: selfSigned
-        ? "give the broker a certificate from your CA, or put this self-signed certificate in --ca-cert, or set brokerCertCheck = false"
-        : "put the CA that issued the broker's certificate in --ca-cert (PEM), or fix the broker's chain",
+        ? "give the broker a certificate from your CA, or put this self-signed certificate in tls.trustedCa, or set brokerCertCheck = false"
+        : "put the CA that issued the broker's certificate in tls.trustedCa (PEM), or fix the broker's chain",
     }).failure;
   }
 
@@ -389,14 +389,14 @@ function certificateRule(
 ): string {
   const cert = `the broker certificate of ${endpoint.url} (subject "${subject}", issuer "${issuer}")`;
   if (selfSigned || code === "DEPTH_ZERO_SELF_SIGNED_CERT" || code === "SELF_SIGNED_CERT_IN_CHAIN") {
-    return `${cert} is self-signed and not trusted: rule "the certificate must chain to --ca-cert or the system store" broken (${code})`;
+    return `${cert} is self-signed and not trusted: rule "the certificate must chain to tls.trustedCa or the system store" broken (${code})`;
   }
   if (code === "CERT_HAS_EXPIRED")
     return `${cert} expired on ${leaf.validTo}: rule "the certificate must be within its validity" broken`;
   if (code === "CERT_NOT_YET_VALID") {
     return `${cert} is not valid before ${leaf.validFrom}: rule "the certificate must be within its validity" broken (check this host's clock)`;
   }
-  return `${cert} does not chain to a trusted CA: rule "the certificate must chain to --ca-cert or the system store" broken (${code})`;
+  return `${cert} does not chain to a trusted CA: rule "the certificate must chain to tls.trustedCa or the system store" broken (${code})`;
 }
 
 /** Whether `ca` issued the leaf or any certificate of the chain the broker sent. */
