@@ -1,12 +1,15 @@
 // Claim: `tls.caCert` (the chain served with the CM's certificate) and `tls.trustedCa` (the CA bundle trusted for
 // broker, agent and LDAP checks) are separate: the trusted bundle is loaded but never served; with trustedCa empty
 // the old double use of caCert still supplies the trust, and `config check` explains both keys and warns about the
-// deprecated double use only when something verifies with it.
+// deprecated double use only when something verifies with it; `diagnose` checks the broker with the trusted
+// bundle, not with the served chain.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runConfigCommand } from "../../src/cli/config.ts";
+import { hostDiagnoseDeps, runChecks } from "../../src/cli/diagnose.ts";
+import { installLayout } from "../../src/platform/paths.ts";
 import { loadCertificatePair } from "../../src/tls/certs.ts";
 import { explainTrust, outgoingChecks, trustedCaFile } from "../../src/tls/provision.ts";
 import { startFalconBroker } from "../peers/falcon-broker.ts";
@@ -114,3 +117,24 @@ describe("config check explains both keys", () => {
     expect(r.err).toContain('set tls.trustedCa = "/etc/pcoip-cmsg/certs/ca.pem"');
   });
 });
+
+test("diagnose verifies a private-CA broker with tls.trustedCa, not with the chain in tls.caCert", async () => {
+  const broker = await startFalconBroker({ certificate: "private-ca", users: {} });
+  try {
+    const leaf = pki().leaf(["localhost"]);
+    const f = join(dir, "diagnose.toml");
+    writeFileSync(
+      f,
+      `brokerUrl = "${broker.url}"\n\n[tls]\ncert = "${leaf.certFile}"\nkey = "${leaf.keyFile}"\ncaCert = "${pki().ca.certFile}"\ntrustedCa = "${broker.caCertFile}"\n`,
+    );
+    const checks = await runChecks(
+      { layout: installLayout("/"), configFile: f, agents: [], timeoutMs: 3000 },
+      hostDiagnoseDeps(),
+    );
+    const broker_ = checks.filter((c) => c.name.startsWith("broker"));
+    expect(broker_.map((c) => `${c.verdict} ${c.name}`)).toEqual(["PASS broker"]);
+    expect(checks.find((c) => c.name === "trusted CA")?.verdict).toBe("INFO");
+  } finally {
+    await broker.close();
+  }
+}, 30_000);
