@@ -100,292 +100,314 @@ export function createUpstreamConversation(
   settings: ConversationSettings,
   log: Logger,
 ): UpstreamConversation {
-  const jar: CookieJar = new Map();
-  const slot: ConnectionSlot = { conn: undefined };
-  let phase: Phase = "none";
-  let savedHello: Hello | undefined;
+  return new RelayedConversation(settings, log);
+}
+
+/** The state of one relayed conversation and the steps that keep the broker's side in line with it. */
+class RelayedConversation implements UpstreamConversation {
+  private readonly jar: CookieJar = new Map();
+  private readonly slot: ConnectionSlot = { conn: undefined };
+  private state: Phase = "none";
+  private savedHello: Hello | undefined;
   /** The authenticate steps that succeeded since the last hello, in order. */
-  let steps: Authenticate[] = [];
-  let authComplete = false;
+  private steps: Authenticate[] = [];
+  private authComplete = false;
   /** resource-id → resource-name of the last list the client saw (to check a rebuilt list still matches). */
-  let listed = new Map<string, string>();
-  let lastListReq: GetResourceList | undefined;
+  private names = new Map<string, string>();
+  private lastListReq: GetResourceList | undefined;
   // One request at a time: a client that sends two at once must not interleave them on one broker conversation.
-  let queue: Promise<unknown> = Promise.resolve();
+  private queue: Promise<unknown> = Promise.resolve();
 
-  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
-    const run = queue.then(fn, fn);
-    queue = run.catch(() => undefined);
+  constructor(
+    private readonly settings: ConversationSettings,
+    private readonly log: Logger,
+  ) {}
+
+  get phase(): Phase {
+    return this.state;
+  }
+
+  get hasCookie(): boolean {
+    return this.jar.size > 0;
+  }
+
+  listed(resourceId: string): boolean {
+    return this.names.has(resourceId);
+  }
+
+  private get url(): string {
+    return this.settings.connect.endpoint.url;
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
     return run;
-  };
+  }
 
-  const send = async <T extends BrokerResponse>(
-    req: ClientRequest,
-    facts: ClientFacts,
-  ): Promise<Relayed<T>> => {
+  private async send<T extends BrokerResponse>(req: ClientRequest, facts: ClientFacts): Promise<Relayed<T>> {
+    const { settings } = this;
     const timeout = req.op === "allocate-resource" ? settings.allocateTimeoutMs : settings.timeoutMs;
-    const r = await exchange(settings, req, facts, jar, slot, timeout, log);
+    const r = await exchange(settings, req, facts, this.jar, this.slot, timeout, this.log);
     if (!r.ok) {
       // An HTTP error answer says whether the broker reset its side or kept it (module header); the
       // other failures leave it unknown.
       if (r.failure.kind === "http_status") {
-        if (r.failure.brokerSession === "reset") phase = "none";
-      } else phase = "unknown";
-      return logged(r, log, settings);
+        if (r.failure.brokerSession === "reset") this.state = "none";
+      } else this.state = "unknown";
+      return logged(r, this.log, settings);
     }
     return { ok: true, resp: r.resp as T };
-  };
+  }
 
   /**
    * `send`, and when the broker answers that it reset its side without acting on the request, the conversation
    * rebuilt up to `before` (the phase the request needs) and the request sent once more.
    */
-  const sendRecovering = async <T extends BrokerResponse>(
+  private async sendRecovering<T extends BrokerResponse>(
     req: ClientRequest,
     facts: ClientFacts,
     before: "none" | "hello" | "authed" | "listed",
-  ): Promise<Relayed<T>> => {
-    const r = await send<T>(req, facts);
+  ): Promise<Relayed<T>> {
+    const r = await this.send<T>(req, facts);
     if (r.ok || r.failure.brokerSession !== "reset") return r;
     const why = `the broker reset its side of the conversation when it got ${req.op}`;
     if (before !== "none") {
       const picked = req.op === "allocate-resource" ? req.resourceId : undefined;
-      const rebuilt = await rebuildFor(before, facts, why, picked);
+      const rebuilt = await this.rebuildFor(before, facts, why, picked);
       if (!rebuilt.ok) return rebuilt;
     }
-    log.info({ broker: settings.connect.endpoint.url, op: req.op }, `${why}; sending ${req.op} again`);
-    return send<T>(req, facts);
-  };
+    this.log.info({ broker: this.url, op: req.op }, `${why}; sending ${req.op} again`);
+    return this.send<T>(req, facts);
+  }
+
+  private dropBrokerSession(): void {
+    this.jar.clear();
+    this.slot.conn?.close();
+    this.slot.conn = undefined;
+    this.state = "none";
+  }
 
   /** Ends the broker's side, so that the next step starts from "waiting for hello". */
-  const endBrokerSide = async (facts: ClientFacts, why: string): Promise<void> => {
-    if (phase === "none") return;
-    if (phase === "unknown") {
+  private async endBrokerSide(facts: ClientFacts, why: string): Promise<void> {
+    if (this.state === "none") return;
+    if (this.state === "unknown") {
       // The last request failed midway (timeout, closed): a bye could cost another timeout. Start a new broker
       // session instead (no cookie); the old one expires at the broker.
-      log.info(
-        { broker: settings.connect.endpoint.url, why },
-        "starting a new broker session before going on",
-      );
-      jar.clear();
-      slot.conn?.close();
-      slot.conn = undefined;
-      phase = "none";
+      this.log.info({ broker: this.url, why }, "starting a new broker session before going on");
+      this.dropBrokerSession();
       return;
     }
-    log.info(
-      { broker: settings.connect.endpoint.url, phase, why },
+    this.log.info(
+      { broker: this.url, phase: this.state, why },
       "ending the broker conversation before going on",
     );
-    const r = await exchange(settings, { op: "bye", node: {} }, facts, jar, slot, settings.timeoutMs, log);
-    if (!r.ok) jar.clear(); // the broker's session is in an unknown state: start a new one
-    phase = "none";
-  };
+    const { settings } = this;
+    const bye: ClientRequest = { op: "bye", node: {} };
+    const r = await exchange(settings, bye, facts, this.jar, this.slot, settings.timeoutMs, this.log);
+    if (!r.ok) this.jar.clear(); // the broker's session is in an unknown state: start a new one
+    this.state = "none";
+  }
 
   /** Forgets what a rebuild would replay (the password among it) once the conversation is over. */
-  const forget = () => {
-    savedHello = undefined;
-    steps = [];
-    authComplete = false;
-    lastListReq = undefined;
-    listed = new Map();
-  };
+  private forget(): void {
+    this.savedHello = undefined;
+    this.steps = [];
+    this.authComplete = false;
+    this.lastListReq = undefined;
+    this.names = new Map();
+  }
 
-  /** Brings the broker's side to `target` ("hello" or "authed") by replaying what the client already did. */
-  const rebuild = async (
+  /** A failure saying the conversation cannot be rebuilt without the user, logged. */
+  private cannot(cause: string): Relayed<undefined> {
+    const failure: BrokerFailure = {
+      kind: "conversation_lost",
+      timeout: false,
+      what: `rebuilding the conversation with the broker ${this.url}`,
+      cause,
+      fix: "the user signs in again (the client reconnects); nothing to change on the CM",
+    };
+    this.log.warn({ broker: this.url, failure: failure.kind }, describeBrokerFailure(failure));
+    return { ok: false, failure };
+  }
+
+  /** Brings the broker's side to `target` by replaying what the client already did. */
+  private async rebuild(
     target: "hello" | "authed" | "listed",
     facts: ClientFacts,
     why: string,
-  ): Promise<Relayed<undefined>> => {
-    const cannot = (cause: string): Relayed<undefined> => {
-      const failure: BrokerFailure = {
-        kind: "conversation_lost",
-        timeout: false,
-        what: `rebuilding the conversation with the broker ${settings.connect.endpoint.url}`,
-        cause,
-        fix: "the user signs in again (the client reconnects); nothing to change on the CM",
-      };
-      log.warn(
-        { broker: settings.connect.endpoint.url, failure: failure.kind },
-        describeBrokerFailure(failure),
-      );
-      return { ok: false, failure };
-    };
-    if (!savedHello) return cannot(`${why}, and no hello is known to replay`);
-    if (target !== "hello" && (!authComplete || steps.some((s) => s.method.toLowerCase() !== "password"))) {
-      return cannot(
+  ): Promise<Relayed<undefined>> {
+    const { steps } = this;
+    if (!this.savedHello) return this.cannot(`${why}, and no hello is known to replay`);
+    if (
+      target !== "hello" &&
+      (!this.authComplete || steps.some((s) => s.method.toLowerCase() !== "password"))
+    ) {
+      return this.cannot(
         `${why}, and the sign-in had a step that cannot be replayed (${steps.map((s) => s.method).join(", ") || "none completed"})`,
       );
     }
-    await endBrokerSide(facts, why);
-    log.info(
+    await this.endBrokerSide(facts, why);
+    this.log.info(
       {
-        broker: settings.connect.endpoint.url,
+        broker: this.url,
         target,
         replay: ["hello", ...(target !== "hello" ? steps.map((s) => `authenticate(${s.method})`) : [])],
       },
       `rebuilding the broker conversation: ${why}`,
     );
-    const h = await send<HelloResp>(savedHello, facts);
+    const h = await this.send<HelloResp>(this.savedHello, facts);
     if (!h.ok) return h;
-    phase = "hello";
+    this.state = "hello";
     if (target === "hello") return { ok: true, resp: undefined };
     for (const step of steps) {
-      const a = await send<AuthenticateResp>(step, facts);
+      const a = await this.send<AuthenticateResp>(step, facts);
       if (!a.ok) return a;
       if (!/^AUTH_SUCCESSFUL/.test(a.resp.result.resultId)) {
-        return cannot(`${why}, and the broker refused the replayed sign-in (${a.resp.result.resultId})`);
+        return this.cannot(`${why}, and the broker refused the replayed sign-in (${a.resp.result.resultId})`);
       }
     }
-    phase = "authed";
+    this.state = "authed";
     if (target === "authed") return { ok: true, resp: undefined };
-    if (!lastListReq) return cannot(`${why}, and no resource list request is known to replay`);
-    const l = await send<GetResourceListResp>(lastListReq, facts);
+    if (!this.lastListReq) return this.cannot(`${why}, and no resource list request is known to replay`);
+    const l = await this.send<GetResourceListResp>(this.lastListReq, facts);
     if (!l.ok) return l;
-    phase = "listed";
-    listed = resourceNames(l.resp);
+    this.state = "listed";
+    this.names = resourceNames(l.resp);
     return { ok: true, resp: undefined };
-  };
+  }
 
   /**
    * `rebuild`, and for an allocation the check that the rebuilt list still names the same desktop under the id
    * the client picked (resource ids may be list positions: "0", "1", …).
    */
-  const rebuildFor = async (
+  private async rebuildFor(
     target: "hello" | "authed" | "listed",
     facts: ClientFacts,
     why: string,
     picked?: string,
-  ): Promise<Relayed<undefined>> => {
-    const before = listed;
-    const rebuilt = await rebuild(target, facts, why);
+  ): Promise<Relayed<undefined>> {
+    const before = this.names;
+    const rebuilt = await this.rebuild(target, facts, why);
     if (!rebuilt.ok || picked === undefined) return rebuilt;
-    const id = picked;
-    const name = before.get(id);
-    if (name !== undefined && listed.get(id) !== name) {
+    const name = before.get(picked);
+    if (name !== undefined && this.names.get(picked) !== name) {
       const failure: BrokerFailure = {
         kind: "conversation_lost",
         timeout: false,
-        what: `rebuilding the conversation with the broker ${settings.connect.endpoint.url}`,
-        cause: `the broker's resource list changed: resource id "${id}" no longer names "${name}"`,
+        what: `rebuilding the conversation with the broker ${this.url}`,
+        cause: `the broker's resource list changed: resource id "${picked}" no longer names "${name}"`,
         fix: "the user refreshes the desktop list and picks again",
       };
-      log.warn(
-        { broker: settings.connect.endpoint.url, failure: failure.kind },
-        describeBrokerFailure(failure),
-      );
+      this.log.warn({ broker: this.url, failure: failure.kind }, describeBrokerFailure(failure));
       return { ok: false, failure };
     }
     return rebuilt;
-  };
+  }
 
-  return {
-    get phase() {
-      return phase;
-    },
-    get hasCookie() {
-      return jar.size > 0;
-    },
-    listed: (resourceId) => listed.has(resourceId),
+  hello(req: Hello, facts: ClientFacts): Promise<Relayed<HelloResp>> {
+    return this.serial(async () => {
+      await this.endBrokerSide(facts, "the client said hello again");
+      this.forget();
+      this.savedHello = req;
+      const r = await this.sendRecovering<HelloResp>(req, facts, "none");
+      if (r.ok) this.state = "hello";
+      return r;
+    });
+  }
 
-    hello: (req, facts) =>
-      serial(async () => {
-        await endBrokerSide(facts, "the client said hello again");
-        savedHello = req;
-        steps = [];
-        authComplete = false;
-        lastListReq = undefined;
-        listed = new Map();
-        const r = await sendRecovering<HelloResp>(req, facts, "none");
-        if (r.ok) phase = "hello";
-        return r;
-      }),
+  authenticate(req: Authenticate, facts: ClientFacts): Promise<Relayed<AuthenticateResp>> {
+    return this.serial(async () => {
+      if (this.state !== "hello" && this.savedHello) {
+        const why =
+          this.state === "none" || this.state === "unknown"
+            ? "the broker no longer holds this conversation"
+            : "the client signs in again after signing in";
+        const rebuilt = await this.rebuild("hello", facts, why);
+        if (!rebuilt.ok) return rebuilt;
+        this.steps = [];
+        this.authComplete = false;
+      }
+      // A first step can be sent again after a reset; a later one (a dialog) needs the steps before it.
+      const r =
+        this.steps.length === 0
+          ? await this.sendRecovering<AuthenticateResp>(req, facts, "hello")
+          : await this.send<AuthenticateResp>(req, facts);
+      if (!r.ok) return r;
+      const id = r.resp.result.resultId;
+      if (id === "AUTH_SUCCESSFUL_AND_COMPLETE" || id === "AUTH_SUCCESSFUL") {
+        this.steps.push(req);
+        this.authComplete = true;
+        this.state = "authed";
+      } else if (id.startsWith("AUTH_SUCCESSFUL")) {
+        this.steps.push(req);
+      }
+      return r;
+    });
+  }
 
-    authenticate: (req, facts) =>
-      serial(async () => {
-        if (phase !== "hello" && savedHello) {
-          const why =
-            phase === "none" || phase === "unknown"
-              ? "the broker no longer holds this conversation"
-              : "the client signs in again after signing in";
-          const rebuilt = await rebuild("hello", facts, why);
-          if (!rebuilt.ok) return rebuilt;
-          steps = [];
-          authComplete = false;
-        }
-        // A first step can be sent again after a reset; a later one (a dialog) needs the steps before it.
-        const r =
-          steps.length === 0
-            ? await sendRecovering<AuthenticateResp>(req, facts, "hello")
-            : await send<AuthenticateResp>(req, facts);
-        if (!r.ok) return r;
-        const id = r.resp.result.resultId;
-        if (id === "AUTH_SUCCESSFUL_AND_COMPLETE" || id === "AUTH_SUCCESSFUL") {
-          steps.push(req);
-          authComplete = true;
-          phase = "authed";
-        } else if (id.startsWith("AUTH_SUCCESSFUL")) {
-          steps.push(req);
-        }
-        return r;
-      }),
+  getResourceList(req: GetResourceList, facts: ClientFacts): Promise<Relayed<GetResourceListResp>> {
+    return this.serial(async () => {
+      if (this.state !== "authed" && this.authComplete) {
+        const rebuilt = await this.rebuild("authed", facts, reason(this.state, "list"));
+        if (!rebuilt.ok) return rebuilt;
+      }
+      const r = this.authComplete
+        ? await this.sendRecovering<GetResourceListResp>(req, facts, "authed")
+        : await this.send<GetResourceListResp>(req, facts);
+      if (!r.ok) return r;
+      this.state = "listed";
+      this.lastListReq = req;
+      this.names = resourceNames(r.resp);
+      return r;
+    });
+  }
 
-    getResourceList: (req, facts) =>
-      serial(async () => {
-        if (phase !== "authed" && authComplete) {
-          const rebuilt = await rebuild("authed", facts, reason(phase, "list"));
-          if (!rebuilt.ok) return rebuilt;
-        }
-        const r = authComplete
-          ? await sendRecovering<GetResourceListResp>(req, facts, "authed")
-          : await send<GetResourceListResp>(req, facts);
-        if (!r.ok) return r;
-        phase = "listed";
-        lastListReq = req;
-        listed = resourceNames(r.resp);
-        return r;
-      }),
+  allocateResource(req: AllocateResource, facts: ClientFacts): Promise<Relayed<AllocateResourceResp>> {
+    return this.serial(async () => {
+      const canRebuild = this.authComplete && this.lastListReq !== undefined;
+      if (this.state !== "listed" && canRebuild) {
+        const why = reason(this.state, "allocate");
+        const rebuilt = await this.rebuildFor("listed", facts, why, req.resourceId);
+        if (!rebuilt.ok) return rebuilt;
+      }
+      const r = canRebuild
+        ? await this.sendRecovering<AllocateResourceResp>(req, facts, "listed")
+        : await this.send<AllocateResourceResp>(req, facts);
+      if (!r.ok) return r;
+      if (r.resp.result.resultId === "ALLOC_SUCCESSFUL" && r.resp.target) this.state = "allocated";
+      return r;
+    });
+  }
 
-    allocateResource: (req, facts) =>
-      serial(async () => {
-        const canRebuild = authComplete && lastListReq !== undefined;
-        if (phase !== "listed" && canRebuild) {
-          const rebuilt = await rebuildFor("listed", facts, reason(phase, "allocate"), req.resourceId);
-          if (!rebuilt.ok) return rebuilt;
-        }
-        const r = canRebuild
-          ? await sendRecovering<AllocateResourceResp>(req, facts, "listed")
-          : await send<AllocateResourceResp>(req, facts);
-        if (!r.ok) return r;
-        if (r.resp.result.resultId === "ALLOC_SUCCESSFUL" && r.resp.target) phase = "allocated";
-        return r;
-      }),
+  bye(req: Bye, facts: ClientFacts): Promise<Relayed<ByeResp>> {
+    return this.serial(async () => {
+      if (this.state === "none" && this.jar.size === 0) {
+        this.forget();
+        return { ok: true, resp: { op: "bye-resp" } };
+      }
+      const r = await this.send<ByeResp>(req, facts);
+      this.state = "none";
+      this.forget();
+      this.slot.conn?.close();
+      this.slot.conn = undefined;
+      return r;
+    });
+  }
 
-    bye: (req, facts) =>
-      serial(async () => {
-        if (phase === "none" && jar.size === 0) {
-          forget();
-          return { ok: true, resp: { op: "bye-resp" } };
-        }
-        const r = await send<ByeResp>(req, facts);
-        phase = "none";
-        forget();
-        slot.conn?.close();
-        slot.conn = undefined;
-        return r;
-      }),
-
-    close: (facts) =>
-      serial(async () => {
-        if (facts && phase !== "none" && phase !== "unknown") {
-          await exchange(settings, { op: "bye", node: {} }, facts, jar, slot, settings.timeoutMs, log);
-        }
-        phase = "none";
-        forget();
-        slot.conn?.close();
-        slot.conn = undefined;
-      }),
-  };
+  close(facts?: ClientFacts): Promise<void> {
+    return this.serial(async () => {
+      if (facts && this.state !== "none" && this.state !== "unknown") {
+        const { settings } = this;
+        const bye: ClientRequest = { op: "bye", node: {} };
+        await exchange(settings, bye, facts, this.jar, this.slot, settings.timeoutMs, this.log);
+      }
+      this.state = "none";
+      this.forget();
+      this.slot.conn?.close();
+      this.slot.conn = undefined;
+    });
+  }
 }
 
 function resourceNames(resp: GetResourceListResp): Map<string, string> {
