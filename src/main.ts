@@ -40,6 +40,10 @@ const COMMANDS: Record<string, CommandEntry> = {
     summary: "raise the kernel settings of 90-pcoip-cmsg.conf now, without the sysctl tool",
     load: async () => (await import("./cli/sysctl.ts")).sysctlCommand,
   },
+  "fastpath-cleanup": {
+    summary: "remove the kernel UDP path's nftables table and bindings (the unit's ExecStopPost)",
+    load: async () => (await import("./cli/fastpath-cleanup.ts")).fastpathCleanupCommand,
+  },
   status: {
     summary: "installed version, service state and health",
     load: async () => (await import("./cli/status.ts")).statusCommand,

@@ -11,6 +11,7 @@
  * Network probes use node:net / node:tls, never fetch: Bun's fetch sends every HTTPS request through
  * HTTPS_PROXY, and LAN targets (agents, the CM itself) must be reached directly.
  */
+import { fastPathChecks } from "../sg/kernel/diagnose.ts";
 import { X509Certificate } from "node:crypto";
 import {
   chmodSync,
@@ -584,6 +585,9 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
   }
 
   await checkHostState(config, layout, deps, add);
+  if (config && !layout.staged)
+    for (const c of fastPathChecks(config, (await deps.firewalld()) === "running"))
+      add(c.verdict, c.name, c.detail, c.fix);
   return out;
 }
 

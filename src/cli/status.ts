@@ -241,6 +241,8 @@ export async function runStatus(argv: string[], io: CliIo, deps: StatusDeps): Pr
   line("health", health.status === 200 ? "ok" : `HTTP ${health.status}`);
   const ready = await adminRequest(admin, "GET", "/readyz");
   if (ready.ok) line("ready", ready.body.trim().split("\n").join("; "));
+  const udpPath = ready.ok ? /sg-udp-path: (.*)/.exec(ready.body)?.[1] : undefined;
+  if (udpPath) line("udp path", udpPath);
   const drain = await adminRequest(admin, "GET", "/drain");
   if (drain.ok && drain.status === 200) line("draining", drainLine(drain.body));
   const sessions = await liveSessions(admin);

@@ -359,6 +359,9 @@ export async function startAppliance(
       },
     ];
     checks.push(...(await cm.readiness()));
+    // Which UDP data path carries media (issue 17): informational, never a reason to be unready.
+    if (udpRelay)
+      checks.push({ name: "sg-udp-path", ok: true, detail: `${udpRelay.path} (${udpRelay.pathReason})` });
     return checks;
   };
 

@@ -112,7 +112,7 @@ describe("the unit carries what SPEC §9 asks for", () => {
   const value = (key: string) =>
     directives.filter((d) => d.section === "Service" && d.key === key).map((d) => d.value);
 
-  test("notify with watchdog, reload by SIGHUP, dedicated user, one capability", () => {
+  test("notify with watchdog, reload by SIGHUP, dedicated user, two capabilities, fast-path cleanup", () => {
     expect(value("Type")).toEqual(["notify"]);
     expect(value("NotifyAccess")).toEqual(["main"]);
     expect(value("WatchdogSec")).toEqual(["30"]);
@@ -122,8 +122,11 @@ describe("the unit carries what SPEC §9 asks for", () => {
     expect(value("ExecReload")).toEqual(["/usr/local/bin/pcoip-cmsg reload --pid $MAINPID"]);
     expect(value("User")).toEqual(["pcoip-cmsg"]);
     expect(value("Group")).toEqual(["pcoip-cmsg"]);
-    expect(value("AmbientCapabilities")).toEqual(["CAP_NET_BIND_SERVICE"]);
-    expect(value("CapabilityBoundingSet")).toEqual(["CAP_NET_BIND_SERVICE"]);
+    expect(value("AmbientCapabilities")).toEqual(["CAP_NET_BIND_SERVICE CAP_NET_ADMIN"]);
+    expect(value("CapabilityBoundingSet")).toEqual(["CAP_NET_BIND_SERVICE CAP_NET_ADMIN"]);
+    expect(value("ExecStopPost")).toEqual([
+      "/usr/local/bin/pcoip-cmsg fastpath-cleanup --config /etc/pcoip-cmsg/pcoip-cmsg.toml",
+    ]);
     expect(value("EnvironmentFile")).toEqual(["-/etc/pcoip-cmsg/proxy.env"]);
     expect(value("Restart")).toEqual(["on-failure"]);
   });

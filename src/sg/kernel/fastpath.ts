@@ -12,6 +12,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { ipFamily } from "../../net/client-address.ts";
+import { installLayout } from "../../platform/paths.ts";
 import type { Logger } from "../../observability/log.ts";
 import type { Flow } from "../flow-table.ts";
 import type { PortRange } from "../port-pool.ts";
@@ -66,6 +67,22 @@ function nftKey(ip: string, port: number): string {
   return `${ip} . ${port}`;
 }
 
+/**
+ * Forwarding switched on for this appliance by its own sysctl.d file (`net.ipv4.ip_forward = 1` in
+ * 90-pcoip-cmsg.conf): the host did not forward before us, so nothing else may be forwarded now.
+ */
+function forwardingFromOurSysctlFile(): boolean {
+  const l = installLayout("/");
+  for (const file of [l.disk.sysctlFile, l.disk.packageSysctlFile]) {
+    try {
+      if (/^\s*net\.ipv4\.ip_forward\s*=\s*1\s*$/m.test(readFileSync(file, "utf8"))) return true;
+    } catch {
+      // no such file
+    }
+  }
+  return false;
+}
+
 /** The previous instance of us switched forwarding on (its table carries the mark chain): a crash left it on. */
 function previousTurnedForwardingOn(nft: Nft): boolean {
   return nft.run(`list chain ${FAMILY} ${TABLE} ${FORWARDING_MARK_CHAIN}`).ok;
@@ -87,28 +104,37 @@ export function openKernelPath(
   const nft = opened.nft;
   const inherited = previousTurnedForwardingOn(nft);
   const wasOn = readFlag(IPV4_FORWARD);
-  let weEnabled = inherited && wasOn === true;
+  // Forwarding is on because of us — switched on now, by a crashed predecessor (its table says so), or by our own
+  // sysctl.d file at boot: then everything else forwarded is dropped. Switched back off at stop when this process
+  // or its predecessor switched it on (never when the sysctl.d file did).
+  let switchBackOff = wasOn === true && inherited;
   if (wasOn === false) {
     try {
       writeFileSync(IPV4_FORWARD, "1");
-      weEnabled = true;
+      switchBackOff = true;
     } catch (e) {
       nft.close();
       return {
         ok: false,
-        reason: `net.ipv4.ip_forward is 0 and this process cannot set it (${(e as Error).message}): set net.ipv4.ip_forward = 1 in /etc/sysctl.d/ or run with udpFastPath = "off"`,
+        reason: `net.ipv4.ip_forward is 0 and this process cannot set it (${(e as Error).message}): add net.ipv4.ip_forward = 1 to /etc/sysctl.d/90-pcoip-cmsg.conf, or set sg.udpFastPath = "off"`,
       };
     }
   }
+  const weEnabled = switchBackOff || (wasOn === true && forwardingFromOurSysctlFile());
   // A leftover table (a crash) goes in its own transaction first: with its NAT hooks gone the kernel drops the
   // conntrack entries it had NATed, so no old binding collides with (or outlives) the new table.
   nft.run(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}`);
   const flushed = flushStaleBindings(o.listenPorts);
   const created = nft.run(
-    ruleset({ listenPorts: o.listenPorts, sourcePorts: o.sourcePorts, dropOtherForwarding: weEnabled }),
+    ruleset({
+      listenPorts: o.listenPorts,
+      sourcePorts: o.sourcePorts,
+      dropOtherForwarding: weEnabled,
+      markSwitchedOn: switchBackOff,
+    }),
   );
   if (!created.ok) {
-    if (weEnabled && wasOn === false) writeFlag(IPV4_FORWARD, "0");
+    if (wasOn === false) writeFlag(IPV4_FORWARD, "0");
     nft.close();
     return {
       ok: false,
@@ -127,7 +153,7 @@ export function openKernelPath(
     },
     "sg udp fast path: the kernel carries admitted media (nftables)",
   );
-  return { ok: true, path: kernelPath(nft, o, { weEnabled, v6Forwarding }) };
+  return { ok: true, path: kernelPath(nft, o, { switchBackOff, v6Forwarding }) };
 }
 
 /**
@@ -165,7 +191,7 @@ function writeFlag(path: string, value: "0" | "1"): void {
 function kernelPath(
   nft: Nft,
   o: KernelPathOptions,
-  state: { weEnabled: boolean; v6Forwarding: boolean },
+  state: { switchBackOff: boolean; v6Forwarding: boolean },
 ): UdpDataPath {
   const bySourcePort = new Map<number, Carried>();
   const byFlow = new Map<Flow, Carried>();
@@ -370,7 +396,7 @@ function kernelPath(
     async stop() {
       for (const c of byFlow.values()) clearTimeout(c.warmTimer);
       nft.run(`delete table ${FAMILY} ${TABLE}`);
-      if (state.weEnabled) writeFlag(IPV4_FORWARD, "0");
+      if (state.switchBackOff) writeFlag(IPV4_FORWARD, "0");
       nft.close();
     },
   };

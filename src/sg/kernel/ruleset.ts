@@ -26,8 +26,10 @@ export const FORWARDING_MARK_CHAIN = "we_enabled_forwarding";
 export interface RulesetOptions {
   readonly listenPorts: readonly number[];
   readonly sourcePorts: PortRange;
-  /** Add the catch-all drop to forward (this process turned forwarding on). */
+  /** Add the catch-all drop to forward (forwarding is on because of us). */
   readonly dropOtherForwarding: boolean;
+  /** Leave the mark chain: this process switched forwarding on, and whoever removes the table switches it off. */
+  readonly markSwitchedOn: boolean;
 }
 
 /** The whole table, created (after deleting any leftover) in one transaction. */
@@ -56,7 +58,7 @@ export function ruleset(o: RulesetOptions): string {
     ...maps(6),
     "  map zone_port { typeof udp dport : ct zone; }",
     "  set warm { type inet_service; }",
-    o.dropOtherForwarding ? `  chain ${FORWARDING_MARK_CHAIN} { }` : "",
+    o.markSwitchedOn ? `  chain ${FORWARDING_MARK_CHAIN} { }` : "",
     "  chain raw_prerouting {",
     "    type filter hook prerouting priority raw; policy accept;",
     ...both(
