@@ -11,7 +11,7 @@
  * Network probes use node:net / node:tls, never fetch: Bun's fetch sends every HTTPS request through
  * HTTPS_PROXY, and LAN targets (agents, the CM itself) must be reached directly.
  */
-import { fastPathChecks } from "../sg/kernel/diagnose.ts";
+
 import { X509Certificate } from "node:crypto";
 import {
   chmodSync,
@@ -50,6 +50,7 @@ import {
   systemdRunning,
 } from "../platform/host.ts";
 import { type InstallLayout, installLayout, SERVICE_NAME } from "../platform/paths.ts";
+import { fastPathChecks } from "../sg/kernel/diagnose.ts";
 import { describeCertificates, loadCertificatePair, MIN_RSA_BITS } from "../tls/certs.ts";
 import { SG_SUITES_NOTE, tls13Note } from "../tls/policy.ts";
 import { explainTrust, outgoingChecks, trustedCaFile } from "../tls/provision.ts";

@@ -12,8 +12,8 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { ipFamily } from "../../net/client-address.ts";
-import { installLayout } from "../../platform/paths.ts";
 import type { Logger } from "../../observability/log.ts";
+import { installLayout } from "../../platform/paths.ts";
 import type { Flow } from "../flow-table.ts";
 import type { PortRange } from "../port-pool.ts";
 import type { UdpDataPath } from "../udp-datapath.ts";
