@@ -5,7 +5,8 @@
 // ALLOC_FAILED_RESOURCE_NOT_AVAILABLE without asking the broker; agent codes a broker passes through reach the
 // client as ALLOC_FAILED_* ids (original logged); HTTP/1.0 requests get Content-Length answers and a close unless
 // they asked for keep-alive; the log states the real time a broker 500 took; and while the broker is down, hello
-// has the documented shape (password method, no result) and sign-in works once the broker is back.
+// has the documented shape (password method, no result) and sign-in works once the broker is back. The broker's
+// 2 s keep-alive close and its own cookie cost the user nothing.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createAgentClient } from "../../src/cm/agent-client.ts";
 import { createUpstreamBroker, type UpstreamOptions } from "../../src/cm/brokers/upstream.ts";
@@ -169,6 +170,22 @@ describe("1. a broker error fails one request, not the next", () => {
       "get-resource-list:ok",
       "allocate-resource:ok",
     ]);
+    c.close();
+  });
+});
+
+describe("the broker's own keep-alive and cookie", () => {
+  test("a user who types longer than the broker's 2 s keep-alive: the CM reconnects with the same cookie, nothing replayed", async () => {
+    const c = client(cm.port);
+    await c.hello();
+    const start = broker.requests.length;
+    await Bun.sleep(2300);
+    expect(resultOf(await c.authenticate("alice", PASSWORD, "corp.example"))).toBe(
+      "AUTH_SUCCESSFUL_AND_COMPLETE",
+    );
+    const sent = broker.requests.slice(start);
+    expect(sent.map((r) => `${r.op}:${r.outcome}`)).toEqual(["authenticate:ok"]);
+    expect(sent[0]!.cookie).toBe(broker.requests[start - 1]!.sessionId);
     c.close();
   });
 });
