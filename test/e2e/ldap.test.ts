@@ -78,7 +78,13 @@ async function login(
   password: string,
   domain = "",
 ): Promise<AuthOutcome> {
-  return createLdapAuthenticator(options).authenticate(creds(username, password, domain), log);
+  // Closed after each login: it keeps its connection for the next login otherwise (ldap-pool.ts).
+  const auth = createLdapAuthenticator(options);
+  try {
+    return await auth.authenticate(creds(username, password, domain), log);
+  } finally {
+    await auth.close?.();
+  }
 }
 
 function failure(o: AuthOutcome): { reason: string; detail: string } {

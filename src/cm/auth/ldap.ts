@@ -17,7 +17,8 @@
  * Safety: user name and domain are escaped for filters (RFC 4515) and DNs (RFC 4514) and refused when they
  * contain characters an AD logon name cannot; an empty password is refused before any server is contacted
  * (RFC 4513 §5.1.2: a name with an empty password is an "unauthenticated bind" that servers answer with
- * success). Passwords never reach a log line or a `detail`. Each login uses its own connection, always closed.
+ * success). Passwords never reach a log line or a `detail`. A login's connection is kept for the next one when
+ * every login starts with a bind (ldap-pool.ts: a bind changes the connection's identity), else closed.
  */
 import type { Client, Entry } from "ldapts";
 import type { Logger } from "../../observability/log.ts";
@@ -31,6 +32,7 @@ import {
 import { escapeDnValue, escapeFilterValue, fillTemplate, firstRdnValue } from "./ldap-escape.ts";
 import { bindService, search, values } from "./ldap-ops.ts";
 import { type LdapOptions, type LdapServer, type LdapSettings, resolveLdapSettings } from "./ldap-options.ts";
+import { createLdapPool, type LdapPool } from "./ldap-pool.ts";
 import { classifyBindFailure, PasswordPolicyControl, PPOLICY_ERROR, resultCodeOf } from "./ldap-results.ts";
 
 export { checkDirectory, type DirectoryCheck } from "./ldap-diagnose.ts";
@@ -66,38 +68,61 @@ export function createLdapAuthenticator(options: LdapOptions, deps: LdapDeps = {
       "ldap: allowInsecure: passwords cross the network unencrypted; use ldaps:// or StartTLS outside a lab",
     );
   }
+  const pool = createLdapPool({
+    open: (server) => openConnection(server, settings),
+    everyUseBinds: settings.mode === "template" || settings.service !== undefined,
+  });
   return {
     name: "ldap",
-    authenticate: (credentials, log) => authenticate(settings, credentials, log),
+    authenticate: (credentials, log) => authenticate(settings, pool, credentials, log),
+    close: () => pool.close(),
   };
 }
 
-async function authenticate(settings: LdapSettings, creds: Credentials, log: Logger): Promise<AuthOutcome> {
+async function authenticate(
+  settings: LdapSettings,
+  pool: LdapPool,
+  creds: Credentials,
+  log: Logger,
+): Promise<AuthOutcome> {
   const refused = precheck(settings, creds);
   if (refused) return refused;
   const domain = creds.domain || settings.defaultDomain;
   const failures: ServerFailure[] = [];
+  const run = async (conn: LdapConnection, server: LdapServer): Promise<Attempt> => {
+    try {
+      return settings.mode === "template"
+        ? await templateBind(conn, settings, creds, domain, log)
+        : await searchThenBind(conn, settings, creds, domain, log);
+    } catch (e) {
+      return { retry: describeConnectionError(e, server, settings.timeoutMs) };
+    }
+  };
   for (const server of settings.servers) {
-    const opened = await openConnection(server, settings);
-    if (!opened.ok) {
-      failures.push(opened.failure);
+    const acquired = await pool.acquire(server);
+    if (!acquired.ok) {
+      failures.push(acquired.failure);
       continue;
     }
-    let attempt: Attempt;
-    try {
-      attempt =
-        settings.mode === "template"
-          ? await templateBind(opened.conn, settings, creds, domain, log)
-          : await searchThenBind(opened.conn, settings, creds, domain, log);
-    } catch (e) {
-      attempt = { retry: describeConnectionError(e, server, settings.timeoutMs) };
-    } finally {
-      await opened.conn.close();
+    let conn = acquired.conn;
+    let attempt = await run(conn, server);
+    if ("retry" in attempt && acquired.reused) {
+      // A kept connection the server closed meanwhile (idle timeout, restart): once more on a new one.
+      await conn.close();
+      const opened = await openConnection(server, settings);
+      if (!opened.ok) {
+        failures.push(opened.failure);
+        continue;
+      }
+      conn = opened.conn;
+      attempt = await run(conn, server);
     }
     if ("retry" in attempt) {
+      await conn.close();
       failures.push(attempt.retry);
       continue;
     }
+    pool.release(conn);
     for (const f of failures) {
       log.warn({ server: f.url, cause: f.cause, fix: f.fix }, "ldap: server unusable; used the next one");
     }
