@@ -31,6 +31,10 @@ export const BENCHMARKS: readonly { readonly file: string; readonly figure: stri
       "CM full logins (new TLS connection each, built-in broker, agent 0/50 ms) vs nginx full handshakes; RSA-3072, RSA-2048, P-256",
   },
   { file: "cm-connections.ts", figure: "CM idle keep-alive TLS connections vs nginx TLS termination" },
+  {
+    file: "lb-nodes.ts",
+    figure: "Logins through HAProxy (L7 reference) to 1, 2 and 3 nodes on shared cores; memory a node adds",
+  },
   { file: "footprint.ts", figure: "Footprint: start-up to ready, idle RSS, binary and bundle size vs nginx" },
   { file: "xml-parse.ts", figure: "XML parse and build per document vs fast-xml-parser defaults" },
 ];
