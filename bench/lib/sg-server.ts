@@ -29,6 +29,7 @@ import { createCmApp } from "../../src/cm/server.ts";
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
 import { startHttp1Server } from "../../src/net/http1.ts";
 import { createLogger } from "../../src/observability/log.ts";
+import { createSessionGateway } from "../../src/platform/session-gateway.ts";
 import { buildGetResourceListResp, parseClientRequest } from "../../src/protocol/broker.ts";
 import type { GetResourceListResp } from "../../src/protocol/types.ts";
 import { createAdmissions } from "../../src/sg/admissions.ts";
@@ -164,14 +165,10 @@ async function startRealCm(msg: Record<string, unknown>): Promise<Record<string,
     broker: up.broker,
     agentClient: createAgentClient({ timeoutMs: 20_000 }),
     // As appliance.ts: allocations admit the session in this SG.
-    gateway: {
-      admit(rec) {
-        const r = admissions.admit(rec);
-        return r.ok ? { ok: true } : { ok: false, reason: r.reason };
-      },
+    gateway: createSessionGateway({
+      admissions,
       externalAddressFor: () => ({ ip: "127.0.0.1", port: tcp.ports[0] ?? 4172 }),
-      isLive: (id) => admissions.get(id) !== undefined,
-    },
+    }),
     trustedProxies: compileTrustedProxies([]),
     limits: { maxConcurrentEstablishments: 2000 },
   });

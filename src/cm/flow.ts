@@ -1,6 +1,6 @@
 /**
  * The CM's pre-session state machine (PROTOCOL.md §3 "Recommended"), pure: a message and the session's state
- * in, what to answer and what to do out. server.ts performs the effects (sessions, broker and agent calls,
+ * in, what to answer and what to do out. conversations.ts performs the effects (sessions, broker and agent calls,
  * throttle, audit); nothing here does I/O or reads a clock.
  *
  * ```
@@ -72,11 +72,8 @@ export const OUT_OF_ORDER = {
   allocate: "Please sign in and choose a remote workstation first.",
 } as const;
 
-/**
- * What to do with `msg` in `state` (undefined = no session). `now` is accepted for symmetry with the session
- * store and future timers (none of the rules depend on time today).
- */
-export function plan(msg: ClientRequest, state: SessionState | undefined, _now = 0): Plan {
+/** What to do with `msg` in `state` (undefined = no session). None of the rules depend on time. */
+export function plan(msg: ClientRequest, state: SessionState | undefined): Plan {
   switch (msg.op) {
     case "hello":
       if (msg.isProbe) return { kind: "broker", call: "probe", effects: [] };

@@ -21,7 +21,7 @@ export interface Logon {
 
 export interface Session {
   /** The JSESSIONID value: 128 random bits as 32 lower-case hex digits. */
-  readonly id: string;
+  readonly cookie: string;
   /** The session id of SPEC §2 (36 characters), on every log line and sent to the agent. */
   logId: string;
   /** The client's raw Client-Log-Id ("" when absent): the fallback key. */
@@ -52,7 +52,7 @@ export interface SessionStoreOptions {
 
 export interface SessionStore {
   /** The session of this cookie value, unless expired. */
-  get(id: string, now: number): Session | undefined;
+  get(cookie: string, now: number): Session | undefined;
   /** The session last opened with this Client-Log-Id, unless expired. */
   byClientLogId(clientLogId: string, now: number): Session | undefined;
   /** Stores a new session, evicting one first when full. */
@@ -78,9 +78,9 @@ export function createSessionStore(options: SessionStoreOptions): SessionStore {
   const counters = { created: 0, removed: { bye: 0, expired: 0, evicted: 0, shutdown: 0 } };
 
   const remove = (s: Session, reason: RemovalReason) => {
-    if (byId.get(s.id) !== s) return;
-    byId.delete(s.id);
-    if (s.clientLogId !== "" && byLogId.get(s.clientLogId) === s.id) byLogId.delete(s.clientLogId);
+    if (byId.get(s.cookie) !== s) return;
+    byId.delete(s.cookie);
+    if (s.clientLogId !== "" && byLogId.get(s.clientLogId) === s.cookie) byLogId.delete(s.clientLogId);
     counters.removed[reason]++;
     options.onRemove?.(s, reason);
   };
@@ -118,30 +118,30 @@ export function createSessionStore(options: SessionStoreOptions): SessionStore {
     get size() {
       return byId.size;
     },
-    get: (id, now) => live(byId.get(id), now),
+    get: (cookie, now) => live(byId.get(cookie), now),
     byClientLogId(clientLogId, now) {
-      const id = byLogId.get(clientLogId);
-      return id === undefined ? undefined : live(byId.get(id), now);
+      const cookie = byLogId.get(clientLogId);
+      return cookie === undefined ? undefined : live(byId.get(cookie), now);
     },
     add(session, now) {
       sweep(now);
       while (byId.size >= options.maxPreSessions) evictOne();
-      byId.set(session.id, session);
-      if (session.clientLogId !== "") byLogId.set(session.clientLogId, session.id);
+      byId.set(session.cookie, session);
+      if (session.clientLogId !== "") byLogId.set(session.clientLogId, session.cookie);
       counters.created++;
     },
     touch(session, now) {
       session.lastSeen = now;
-      if (byId.get(session.id) !== session) return;
-      byId.delete(session.id);
-      byId.set(session.id, session);
+      if (byId.get(session.cookie) !== session) return;
+      byId.delete(session.cookie);
+      byId.set(session.cookie, session);
     },
     setClientLogId(session, clientLogId) {
-      if (session.clientLogId !== "" && byLogId.get(session.clientLogId) === session.id) {
+      if (session.clientLogId !== "" && byLogId.get(session.clientLogId) === session.cookie) {
         byLogId.delete(session.clientLogId);
       }
       session.clientLogId = clientLogId;
-      if (clientLogId !== "") byLogId.set(clientLogId, session.id);
+      if (clientLogId !== "") byLogId.set(clientLogId, session.cookie);
     },
     remove,
     sweep,

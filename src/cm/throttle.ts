@@ -58,6 +58,8 @@ export interface Throttle {
   /** Whether `ip` is currently slowed as a whole (for logs and tests). */
   ipSlowed(ip: string, now: number): boolean;
   readonly counters: ThrottleCounters;
+  /** New settings (a reload); the failures counted so far stay. */
+  reconfigure(options: ThrottleOptions): void;
 }
 
 interface UserKey {
@@ -74,14 +76,26 @@ interface IpKey {
 }
 
 export function createThrottle(options: ThrottleOptions = {}): Throttle {
-  const free = options.failuresBeforeDelay ?? 3;
-  const base = options.baseDelayMs ?? 1000;
-  const maxDelay = options.maxDelayMs ?? 10_000;
-  const distinct = options.distinctUsersPerIp ?? 30;
-  const ipDelay = Math.min(1000, options.ipDelayMs ?? 1000);
-  const maxDelayed = options.maxDelayedAnswers ?? 1000;
-  const windowMs = options.windowMs ?? 900_000;
-  const maxKeys = options.maxKeys ?? 100_000;
+  // Settings can change on reload (reconfigure); what was counted stays.
+  let free = 0;
+  let base = 0;
+  let maxDelay = 0;
+  let distinct = 0;
+  let ipDelay = 0;
+  let maxDelayed = 0;
+  let windowMs = 0;
+  let maxKeys = 0;
+  const configure = (o: ThrottleOptions) => {
+    free = o.failuresBeforeDelay ?? 3;
+    base = o.baseDelayMs ?? 1000;
+    maxDelay = o.maxDelayMs ?? 10_000;
+    distinct = o.distinctUsersPerIp ?? 30;
+    ipDelay = Math.min(1000, o.ipDelayMs ?? 1000);
+    maxDelayed = o.maxDelayedAnswers ?? 1000;
+    windowMs = o.windowMs ?? 900_000;
+    maxKeys = o.maxKeys ?? 100_000;
+  };
+  configure(options);
   const users = new Map<string, UserKey>();
   const ips = new Map<string, IpKey>();
   const counters: ThrottleCounters = {
@@ -128,6 +142,7 @@ export function createThrottle(options: ThrottleOptions = {}): Throttle {
   return {
     counters,
     ipSlowed,
+    reconfigure: configure,
     admit(ip, user, now) {
       const k = userKey(ip, user);
       const u = liveUser(k, now);

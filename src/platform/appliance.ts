@@ -7,27 +7,30 @@
  * ("needs restart: KEY") and the previous configuration stays.
  */
 import { isIP } from "node:net";
-import { createRedirectApp } from "../cm/redirect.ts";
-import type { GatewayAdmission } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
-import { effectiveListeners, isLoopbackHost, parseListen, parsePortRange } from "../config/schema.ts";
-import { compileTrustedProxies, ipFamily, type TrustedProxies } from "../net/client-address.ts";
-import { type ConnectionGuard, createConnectionGuard } from "../net/connection-guard.ts";
-import { type ConnInfo, type Http1Server, startHttp1Server } from "../net/http1.ts";
+import { isLoopbackHost, parseListen } from "../config/schema.ts";
+import { ipFamily } from "../net/client-address.ts";
 import { adminTokenOf } from "../observability/admin-token.ts";
-import { type AdminServer, type ReadinessCheck, startAdminServer } from "../observability/health.ts";
+import {
+  type AdminOptions,
+  type AdminServer,
+  type ReadinessCheck,
+  startAdminServer,
+} from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
 import { createSessionJournal, type SessionJournal } from "../observability/session-journal.ts";
-import { type Admissions, createAdmissions } from "../sg/admissions.ts";
+import type { Admissions } from "../sg/admissions.ts";
 import { createDescriptorBudgets, type DescriptorBudgets } from "../sg/limits.ts";
-import { startTcpRelay, type TcpRelay } from "../sg/tcp-relay.ts";
-import { startUdpRelay, type UdpRelay } from "../sg/udp-relay.ts";
 import type { CertificatePair } from "../tls/certs.ts";
-import { serverTls, validateCipherList } from "../tls/policy.ts";
+import { validateCipherList } from "../tls/policy.ts";
 import { explainTrust, outgoingChecks, provisionServerCertificate, trustedCaFile } from "../tls/provision.ts";
 import { VERSION } from "../version.ts";
 import { type CmPlane, startCmPlane } from "./cm-plane.ts";
+import { FrontDoors, listenProblem } from "./front-doors.ts";
+import { createNodeState, type NodeState } from "./node-state.ts";
+import { createSessionGateway } from "./session-gateway.ts";
+import { type SgPlane, startSgPlane } from "./sg-plane.ts";
 
 export interface ApplianceDeps {
   readonly log: Logger;
@@ -58,14 +61,18 @@ export interface Appliance {
   readonly config: Readonly<Config>;
   readonly admissions: Admissions | undefined;
   readonly metrics: MetricsRegistry;
+  /** What outlives reloads: throttle, desktop holds, the one drain flag, the CM's counters. */
+  readonly node: NodeState;
   reload(next: Readonly<Config>): Promise<ReloadOutcome>;
   /**
-   * No new admissions or allocations; GET /pcoip-broker/xml answers 503; live relays go on. `shutdown` (SIGTERM)
-   * cannot be undone; an operator's drain (`pcoip-cmsg drain`, POST /drain) can, by {@link resume}.
+   * No new admissions or allocations; GET /pcoip-broker/xml answers 503; live relays go on (node.setDraining).
+   * `shutdown` (SIGTERM) cannot be undone; an operator's drain (`pcoip-cmsg drain`, POST /drain) can, by
+   * {@link resume}.
    */
   startDrain(why?: "operator" | "shutdown"): void;
   /** Undoes an operator's drain: the health check answers 200 again and new sessions are taken. */
   resume(): { ok: true } | { ok: false; error: string };
+  /** The node state's drain flag. */
   readonly draining: boolean;
   /** Sessions a drain waits for: active, within reconnect grace, or admitted in the last few seconds. */
   liveSessions(): number;
@@ -121,272 +128,103 @@ export async function startAppliance(
   const limits = budgets.sg;
   const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
   stops.push(() => journal.stop());
-  let draining = false;
   let shuttingDown = false;
   let current = config;
+  // Desktop holds ask the SG whether a session still lives; the SG comes later, so the question waits for it.
+  let admissions: Admissions | undefined;
+  const node = createNodeState(config, {
+    ...(config.enableSecurityGateway
+      ? { isLive: async (id: string) => admissions?.get(id) !== undefined }
+      : {}),
+  });
 
   // Security Gateway.
-  let admissions: Admissions | undefined;
-  let tcpRelay: TcpRelay | undefined;
-  let udpRelay: UdpRelay | undefined;
-  const sgTcp: string[] = [];
-  const sgUdp: string[] = [];
+  let sg: SgPlane | undefined;
   if (config.enableSecurityGateway) {
-    admissions = createAdmissions({
-      pendingTtlMs: config.sg.pendingTtlSeconds * 1000,
-      reconnectGraceMs: config.sg.reconnectGraceSeconds * 1000,
-      maxSessions: config.sg.maxSessions,
-      maxPerClientIp: config.sg.maxSessionsPerClientIp,
-      ...(deps.now ? { now: deps.now } : {}),
-    });
-    stops.push(() => admissions?.close());
-    // A replaced admission is the same session allocating again (same id): it goes on, so no end line yet.
-    const unsubscribeJournal = admissions.subscribe((e) => {
-      if (e.reason !== "replaced") journal.sgEnded(e.admission.sessionLogId, e.reason);
-    });
-    stops.push(unsubscribeJournal);
-    const tcpListen = listenAddresses(effectiveListeners(config.sg.tcpListen, config.enableIpv6));
-    const t = await startTcpRelay({
-      listen: tcpListen,
-      admissions,
+    const started = await startSgPlane(config, {
       log,
-      handshakeTimeoutMs: config.sg.handshakeTimeoutSeconds * 1000,
-      maxConnectionsPerSession: config.sg.maxConnectionsPerSession,
       limits,
       journal,
-    });
-    if (!t.ok) return fail(t.error);
-    tcpRelay = t.relay;
-    stops.push(() => t.relay.stop());
-    sgTcp.push(...tcpListen.map((a, i) => hostPort(a.hostname, t.relay.ports[i] ?? a.port)));
-    const udpListen = listenAddresses(effectiveListeners(config.sg.udpListen, config.enableIpv6));
-    const u = await startUdpRelay({
-      listen: udpListen,
-      admissions,
-      log,
-      sourcePorts: parsePortRange(config.sg.udpSourcePorts),
-      idleMs: config.sg.udpIdleSeconds * 1000,
-      rebindMs: config.sg.udpRebindSeconds * 1000,
-      fastPath: config.sg.udpFastPath,
-      limits,
-      journal,
+      node,
+      metrics,
       ...(deps.now ? { now: deps.now } : {}),
     });
-    if (!u.ok) return fail(u.error);
-    udpRelay = u.relay;
-    stops.push(() => u.relay.stop());
-    sgUdp.push(...udpListen.map((a, i) => hostPort(a.hostname, u.relay.ports[i] ?? a.port)));
-    registerSgMetrics(metrics, admissions, tcpRelay, udpRelay);
+    if (!started.ok) return fail(started.error);
+    sg = started.plane;
+    stops.push(() => sg?.stop());
+    admissions = sg.admissions;
   }
-  const sgPort = tcpRelay?.ports[0] ?? 4172;
+  const sgPort = sg?.tcpRelay.ports[0] ?? 4172;
 
   // Connection Manager.
   const cmStart = await startCmPlane(config, {
     log,
     pair,
     gateway: admissions
-      ? {
-          admit: (rec: GatewayAdmission) => {
-            if (draining) return { ok: false, reason: "draining" };
-            const r = admissions!.admit(rec);
-            return r.ok ? { ok: true } : { ok: false, reason: r.reason };
-          },
-          externalAddressFor: (clientIp: string) =>
-            externalAddressFor(current.externalPcoipIp, clientIp, sgPort),
-          isLive: (sessionLogId: string) => admissions?.get(sessionLogId) !== undefined,
-        }
+      ? createSessionGateway({
+          admissions,
+          externalAddressFor: (clientIp) => externalAddressFor(current.externalPcoipIp, clientIp, sgPort),
+        })
       : undefined,
     metrics,
     journal,
+    node,
   });
   if (!cmStart.ok) return fail(cmStart.error);
   const cm: CmPlane = cmStart.plane;
   stops.push(() => cm.close());
 
-  const cmServers = new Map<string, Http1Server>();
-  const redirectServers = new Map<string, Http1Server>();
-  // PROXY protocol peers (a restart key: it decides whether a listener runs native TLS or TLS after a header).
-  const proxyProtocolFrom = compileTrustedProxies(config.cm.proxyProtocolFrom);
-  const proxyRefusals = refusalLog(log);
-  const onProxyRefused = (reason: string, info: ConnInfo) => proxyRefusals.log(info.remoteAddress, reason);
-  const frontDoorGuard = startFrontDoorGuard(() => current, proxyProtocolFrom, metrics, log);
-  const frontDoorLimits = (c: Readonly<Config>) => ({
-    maxBodyBytes: c.cm.bodyLimitBytes,
-    headerTimeoutMs: c.cm.headerTimeoutSeconds * 1000,
-    idleTimeoutMs: c.cm.idleTimeoutSeconds * 1000,
+  const doors = new FrontDoors({
+    log,
+    cm,
+    node,
+    descriptors: budgets.cm,
+    metrics,
+    current: () => ({ config: current, pair }),
   });
-  const openCm = (entry: string): Problem | undefined => {
-    const a = parseListen(entry)!;
-    try {
-      const s = startHttp1Server({
-        hostname: a.hostname,
-        port: a.port,
-        tls: serverTls({ chainPem: pair.chainPem, key: pair.key, suites: current.tls.ciphers }),
-        fetch: (req, info) => cm.fetch(req, info),
-        limits: frontDoorLimits(current),
-        maxConnections: current.cm.maxConnections,
-        descriptors: budgets.cm,
-        guard: frontDoorGuard,
-        proxyProtocolFrom,
-        onRefused: onProxyRefused,
-        onError: (err) => log.error({ err: String(err) }, "front door: request handler failed"),
-      });
-      cmServers.set(entry, s);
-      return undefined;
-    } catch (e) {
-      return listenProblem("cm.listen", entry, e);
-    }
-  };
-  const openRedirect = (entry: string, httpsPort: number): Problem | undefined => {
-    const a = parseListen(entry)!;
-    const app = createRedirectApp({
-      httpsPort,
-      ready: () => !draining && cm.brokerReachable(),
-      get hostAddress() {
-        return current.hostAddress; // a reload's hostAddress applies to the next redirect
-      },
-      httpsHost: parseListen(effectiveListeners(current.cm.listen, current.enableIpv6)[0] ?? "")?.hostname,
-    });
-    try {
-      redirectServers.set(
-        entry,
-        startHttp1Server({
-          hostname: a.hostname,
-          port: a.port,
-          fetch: (req, info) => app.fetch(req, info),
-          limits: frontDoorLimits(current),
-          maxConnections: current.cm.maxConnections,
-          descriptors: budgets.cm,
-          guard: frontDoorGuard,
-          proxyProtocolFrom,
-          onRefused: onProxyRefused,
-        }),
-      );
-      return undefined;
-    } catch (e) {
-      return listenProblem("cm.redirectListen", entry, e);
-    }
-  };
-  for (const entry of effectiveListeners(config.cm.listen, config.enableIpv6)) {
-    const p = openCm(entry);
-    if (p) return fail(p);
-  }
-  stops.push(() => {
-    for (const s of cmServers.values()) s.stop({ closeActive: true });
-  });
-  const httpsPort = [...cmServers.values()][0]?.port ?? 443;
-  for (const entry of effectiveListeners(config.cm.redirectListen, config.enableIpv6)) {
-    const p = openRedirect(entry, httpsPort);
-    if (p) return fail(p);
-  }
-  stops.push(() => {
-    for (const s of redirectServers.values()) s.stop({ closeActive: true });
-  });
+  stops.push(() => doors.stop());
+  const doorProblem = doors.openAll(config);
+  if (doorProblem) return fail(doorProblem);
 
   // Admin listener.
   let admin: AdminServer | undefined;
   if (config.admin.listen !== "") {
-    const a = parseListen(config.admin.listen)!;
-    const t = adminTokenOf(config.admin);
-    if (!t.ok && !isLoopbackHost(a.hostname))
-      return fail({
-        what: `admin.listen ${config.admin.listen}`,
-        cause: `off loopback the admin listener needs its bearer token, and there is none (${t.cause})`,
-        fix: "create admin.tokenFile (pcoip-cmsg install does: 64 random hex digits, mode 0600, owned by the service account)",
-        config: true,
-      });
-    metrics.add({
-      name: "pcoip_build_info",
-      help: "Build information.",
-      type: "gauge",
-      samples: [{ labels: { version: VERSION, bun: Bun.version }, value: 1 }],
+    const started = startAdminListener(config, log, metrics, () => pair, {
+      readiness: async () => readiness(),
+      sessions: () => sessionsView(),
+      drain: () => {
+        appliance.startDrain("operator");
+        return { draining: true, liveSessions: appliance.liveSessions() };
+      },
+      resume: () => {
+        const r = appliance.resume();
+        return r.ok ? { draining: false, liveSessions: appliance.liveSessions() } : r;
+      },
+      drainState: () => ({ draining: node.draining, shuttingDown, liveSessions: appliance.liveSessions() }),
     });
-    metrics.add({
-      name: "pcoip_certificate_expiry_seconds",
-      help: "Seconds until the served certificate expires.",
-      type: "gauge",
-      samples: () => [{ value: Math.round((pair.notAfter.getTime() - Date.now()) / 1000) }],
-    });
-    try {
-      admin = startAdminServer({
-        hostname: a.hostname,
-        port: a.port,
-        token: () => adminTokenOf(config.admin),
-        log,
-        metrics,
-        readiness: async () => readiness(),
-        sessions: () => sessionsView(),
-        drain: () => {
-          appliance.startDrain("operator");
-          return { draining: true, liveSessions: appliance.liveSessions() };
-        },
-        resume: () => {
-          const r = appliance.resume();
-          return r.ok ? { draining: false, liveSessions: appliance.liveSessions() } : r;
-        },
-        drainState: () => ({ draining, shuttingDown, liveSessions: appliance.liveSessions() }),
-      });
-      stops.push(() => admin?.stop());
-      if (!t.ok)
-        log.warn(
-          { cause: t.cause },
-          `admin: no bearer token (${t.cause}): /sessions and POST /drain answer 503 until admin.tokenFile exists; fix: pcoip-cmsg install creates it (0600), or write 64 random hex digits into it`,
-        );
-    } catch (e) {
-      return fail(listenProblem("admin.listen", config.admin.listen, e));
-    }
+    if (!started.ok) return fail(started.error);
+    admin = started.admin;
+    stops.push(() => admin?.stop());
   }
 
   registerNodeMetrics(metrics, {
-    draining: () => draining,
+    draining: () => node.draining,
     ready: () =>
-      cmServers.size > 0 && !draining && pair.notAfter.getTime() > Date.now() && cm.brokerReachable(),
+      doors.cm.size > 0 && !node.draining && pair.notAfter.getTime() > Date.now() && cm.brokerReachable(),
     budgets,
     journal,
-    proxyRefusals: () => proxyRefusals.total,
+    proxyRefusals: () => doors.proxyRefusals.total,
   });
 
-  const readiness = async (): Promise<ReadinessCheck[]> => {
-    const checks: ReadinessCheck[] = [
-      { name: "listeners", ok: cmServers.size > 0 },
-      { name: "draining", ok: !draining, ...(draining ? { detail: "the node is draining" } : {}) },
-      {
-        name: "certificate",
-        ok: pair.notAfter.getTime() > Date.now(),
-        ...(pair.notAfter.getTime() > Date.now()
-          ? {}
-          : { detail: `${pair.certFile} expired ${pair.notAfter.toISOString()}` }),
-      },
-    ];
-    checks.push(...(await cm.readiness()));
-    // Which UDP data path carries media (issue 17): informational, never a reason to be unready.
-    if (udpRelay)
-      checks.push({ name: "sg-udp-path", ok: true, detail: `${udpRelay.path} (${udpRelay.pathReason})` });
-    return checks;
-  };
-
-  const sessionsView = () => {
-    const cmSessions = cm.sessions();
-    const sg = admissions?.list() ?? [];
-    const flows = udpRelay?.flows() ?? [];
-    return sg.map((a) => ({
-      sessionId: a.sessionLogId,
-      clientIp: a.clientIp,
-      agent: `${a.agentHost}:${a.agentTcpPort}`,
-      state: a.state,
-      admittedAt: new Date(a.admittedAt).toISOString(),
-      tcpConnections: a.tcpConnections,
-      udp: flows.filter((f) => f.sessionLogId === a.sessionLogId).map(({ sessionLogId: _, ...f }) => f),
-      user: cmSessions.get(a.sessionLogId)?.user,
-    }));
-  };
+  const readiness = () => readinessChecks(doors.cm.size > 0, node, pair, cm, sg);
+  const sessionsView = () => sessionsOf(cm, sg);
 
   const appliance: Appliance = {
     bound: {
-      cm: [...cmServers.entries()].map(([e, s]) => hostPort(parseListen(e)!.hostname, s.port)),
-      redirect: [...redirectServers.entries()].map(([e, s]) => hostPort(parseListen(e)!.hostname, s.port)),
-      sgTcp,
-      sgUdp,
+      cm: [...doors.cm.entries()].map(([e, s]) => hostPort(parseListen(e)!.hostname, s.port)),
+      redirect: [...doors.redirect.entries()].map(([e, s]) => hostPort(parseListen(e)!.hostname, s.port)),
+      sgTcp: sg?.bound.tcp ?? [],
+      sgUdp: sg?.bound.udp ?? [],
       ...(admin ? { admin: hostPort(parseListen(config.admin.listen)!.hostname, admin.port) } : {}),
     },
     get config() {
@@ -394,15 +232,13 @@ export async function startAppliance(
     },
     admissions,
     metrics,
+    node,
     get draining() {
-      return draining;
+      return node.draining;
     },
     startDrain(why = "shutdown") {
       if (why === "shutdown") shuttingDown = true;
-      if (draining) return;
-      draining = true;
-      admissions?.setDraining(true);
-      cm.setDraining(true);
+      if (!node.setDraining(true)) return;
       log.info(
         { liveSessions: appliance.liveSessions(), by: why },
         "draining: no new sessions; live relays continue",
@@ -411,10 +247,7 @@ export async function startAppliance(
     resume() {
       if (shuttingDown)
         return { ok: false, error: "the node is shutting down (SIGTERM): it cannot resume; start it again" };
-      if (!draining) return { ok: true };
-      draining = false;
-      admissions?.setDraining(false);
-      cm.setDraining(false);
+      if (!node.setDraining(false)) return { ok: true };
       log.info({}, "resumed: taking new sessions again (the health check answers 200)");
       return { ok: true };
     },
@@ -452,36 +285,12 @@ export async function startAppliance(
       // Swap.
       if (nextPair !== pair) {
         pair = nextPair;
-        for (const s of cmServers.values())
-          s.reloadTls(serverTls({ chainPem: pair.chainPem, key: pair.key, suites: next.tls.ciphers }));
+        doors.reloadTls(pair, next.tls.ciphers);
       }
       if (next.logLevel !== current.logLevel && !process.env.LOG_LEVEL) log.level = next.logLevel;
       const prev = current;
       current = next;
-      // Listeners that changed: open the new ones first, then stop accepting on the old (connections stay).
-      for (const [key, servers, open] of [
-        ["cm.listen", cmServers, (e: string) => openCm(e)],
-        ["cm.redirectListen", redirectServers, (e: string) => openRedirect(e, httpsPort)],
-      ] as const) {
-        const [before, after] =
-          key === "cm.listen"
-            ? [prev.cm.listen, next.cm.listen]
-            : [prev.cm.redirectListen, next.cm.redirectListen];
-        const want = effectiveListeners(after, next.enableIpv6);
-        const had = effectiveListeners(before, prev.enableIpv6);
-        for (const e of want.filter((x) => !had.includes(x))) {
-          const p = open(e);
-          if (p)
-            log.error(
-              { what: p.what, cause: p.cause, fix: p.fix },
-              `reload: ${key}: could not listen on ${e}`,
-            );
-        }
-        for (const e of had.filter((x) => !want.includes(x))) {
-          servers.get(e)?.stop();
-          servers.delete(e);
-        }
-      }
+      doors.swap(prev, next);
       return { ok: true, changed };
     },
     async stop() {
@@ -528,55 +337,8 @@ export function externalAddressFor(
   return any ? { ip: any, port } : undefined;
 }
 
-/**
- * Front-door connections refused before any HTTP byte (PROXY header missing, malformed or from a peer not in
- * cm.proxyProtocolFrom): one warning per peer and reason per minute, so a misconfigured balancer is named in the
- * log without a line per health check.
- */
-function refusalLog(log: Logger) {
-  const last = new Map<string, number>();
-  let total = 0;
-  return {
-    get total() {
-      return total;
-    },
-    log(peer: string, reason: string) {
-      total++;
-      const key = `${peer} ${reason}`;
-      const now = Date.now();
-      if ((last.get(key) ?? 0) > now - 60_000) return;
-      if (last.size > 1000) last.clear();
-      last.set(key, now);
-      log.warn(
-        { peer, reason },
-        `front door: connection from ${peer} refused: ${reason}; fix: list the balancer's address in ` +
-          "cm.proxyProtocolFrom and send the header from it (HAProxy: send-proxy-v2), or from nowhere else",
-      );
-    },
-  };
-}
-
-function listenAddresses(list: readonly string[]) {
-  return list.map((e) => parseListen(e)!);
-}
-
 function hostPort(hostname: string, port: number): string {
   return hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
-}
-
-function listenProblem(key: string, entry: string, e: unknown): Problem {
-  const msg = e instanceof Error ? e.message : String(e);
-  const inUse = /in use|EADDRINUSE/i.test(msg);
-  const denied = /EACCES|permission/i.test(msg);
-  return {
-    what: `${key}: listening on ${entry}`,
-    cause: inUse ? "the address is already in use" : denied ? "permission denied" : msg,
-    fix: inUse
-      ? `stop what holds the port (ss -ltnp | grep ${entry.split(":").pop()}) or change ${key}`
-      : denied
-        ? "ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or root"
-        : `check that the address exists on this host, or change ${key}`,
-  };
 }
 
 /** Dotted paths whose values differ (arrays compared whole). */
@@ -592,6 +354,103 @@ export function changedKeys(a: unknown, b: unknown, prefix = ""): string[] {
     );
   }
   return JSON.stringify(a) === JSON.stringify(b) ? [] : [prefix];
+}
+
+/** /readyz: listeners bound, not draining, certificate valid, and the CM's own checks (the broker). */
+async function readinessChecks(
+  listening: boolean,
+  node: NodeState,
+  pair: CertificatePair,
+  cm: CmPlane,
+  sg: SgPlane | undefined,
+): Promise<ReadinessCheck[]> {
+  const valid = pair.notAfter.getTime() > Date.now();
+  const checks: ReadinessCheck[] = [
+    { name: "listeners", ok: listening },
+    { name: "draining", ok: !node.draining, ...(node.draining ? { detail: "the node is draining" } : {}) },
+    {
+      name: "certificate",
+      ok: valid,
+      ...(valid ? {} : { detail: `${pair.certFile} expired ${pair.notAfter.toISOString()}` }),
+    },
+  ];
+  checks.push(...(await cm.readiness()));
+  // Which UDP data path carries media (issue 17): informational, never a reason to be unready.
+  if (sg)
+    checks.push({
+      name: "sg-udp-path",
+      ok: true,
+      detail: `${sg.udpRelay.path} (${sg.udpRelay.pathReason})`,
+    });
+  return checks;
+}
+
+/** /sessions: the SG's admissions joined with their UDP flows and the CM's signed-in user. No secrets. */
+function sessionsOf(cm: CmPlane, sg: SgPlane | undefined) {
+  const cmSessions = cm.sessions();
+  const flows = sg?.udpRelay.flows() ?? [];
+  return (sg?.admissions.list() ?? []).map((a) => ({
+    sessionId: a.sessionLogId,
+    clientIp: a.clientIp,
+    agent: `${a.agentHost}:${a.agentTcpPort}`,
+    state: a.state,
+    admittedAt: new Date(a.admittedAt).toISOString(),
+    tcpConnections: a.tcpConnections,
+    udp: flows.filter((f) => f.sessionLogId === a.sessionLogId).map(({ sessionLogId: _, ...f }) => f),
+    user: cmSessions.get(a.sessionLogId)?.user,
+  }));
+}
+
+/** The admin listener (health, readiness, metrics, sessions, drain/resume) and the gauges only it shows. */
+function startAdminListener(
+  config: Readonly<Config>,
+  log: Logger,
+  metrics: MetricsRegistry,
+  pair: () => CertificatePair,
+  handlers: Pick<AdminOptions, "readiness" | "sessions" | "drain" | "resume" | "drainState">,
+): { ok: true; admin: AdminServer } | { ok: false; error: Problem } {
+  const a = parseListen(config.admin.listen)!;
+  const t = adminTokenOf(config.admin);
+  if (!t.ok && !isLoopbackHost(a.hostname))
+    return {
+      ok: false,
+      error: {
+        what: `admin.listen ${config.admin.listen}`,
+        cause: `off loopback the admin listener needs its bearer token, and there is none (${t.cause})`,
+        fix: "create admin.tokenFile (pcoip-cmsg install does: 64 random hex digits, mode 0600, owned by the service account)",
+        config: true,
+      },
+    };
+  metrics.add({
+    name: "pcoip_build_info",
+    help: "Build information.",
+    type: "gauge",
+    samples: [{ labels: { version: VERSION, bun: Bun.version }, value: 1 }],
+  });
+  metrics.add({
+    name: "pcoip_certificate_expiry_seconds",
+    help: "Seconds until the served certificate expires.",
+    type: "gauge",
+    samples: () => [{ value: Math.round((pair().notAfter.getTime() - Date.now()) / 1000) }],
+  });
+  try {
+    const admin = startAdminServer({
+      hostname: a.hostname,
+      port: a.port,
+      token: () => adminTokenOf(config.admin),
+      log,
+      metrics,
+      ...handlers,
+    });
+    if (!t.ok)
+      log.warn(
+        { cause: t.cause },
+        `admin: no bearer token (${t.cause}): /sessions and POST /drain answer 503 until admin.tokenFile exists; fix: pcoip-cmsg install creates it (0600), or write 64 random hex digits into it`,
+      );
+    return { ok: true, admin };
+  } catch (e) {
+    return { ok: false, error: listenProblem("admin.listen", config.admin.listen, e) };
+  }
 }
 
 /** The planes with a descriptor budget of their own (sg/limits.ts createDescriptorBudgets). */
@@ -660,143 +519,4 @@ function registerNodeMetrics(
       samples: [{ value: node.proxyRefusals() }],
     },
   ]);
-}
-
-/**
- * The front door's per-IP connection cap (cm.maxConnectionsPerIp, live on reload; balancers exempt) and the
- * metric of its refusals.
- */
-function startFrontDoorGuard(
-  config: () => Readonly<Config>,
-  proxyProtocolFrom: TrustedProxies,
-  metrics: MetricsRegistry,
-  log: Logger,
-): ConnectionGuard {
-  let compiled: { from: readonly string[]; set: TrustedProxies } | undefined;
-  const trusted = (): TrustedProxies => {
-    const list = config().trustedProxies;
-    if (compiled?.from !== list) compiled = { from: list, set: compileTrustedProxies(list) };
-    return compiled.set;
-  };
-  const guard = createConnectionGuard({
-    maxPerIp: () => config().cm.maxConnectionsPerIp,
-    exempt: (ip) => proxyProtocolFrom.has(ip) || trusted().has(ip),
-    log,
-  });
-  metrics.add(() => [
-    {
-      name: "pcoip_cm_connection_refusals_total",
-      help: "CM/port-80 connections closed at accept, by reason (per_ip, max_connections, descriptors).",
-      type: "counter",
-      samples: Object.entries(guard.refusals).map(([reason, value]) => ({ labels: { reason }, value })),
-    },
-  ]);
-  return guard;
-}
-
-function registerSgMetrics(
-  metrics: MetricsRegistry,
-  admissions: Admissions,
-  tcp: TcpRelay,
-  udp: UdpRelay,
-): void {
-  metrics.add(() => {
-    const a = admissions.counters;
-    const t = tcp.counters;
-    const u = udp.counters;
-    const byState = { pending: 0, active: 0, ended: 0 };
-    for (const rec of admissions.list()) byState[rec.state]++;
-    return [
-      {
-        name: "pcoip_sg_sessions",
-        help: "SG sessions by state.",
-        type: "gauge",
-        samples: Object.entries(byState).map(([state, value]) => ({ labels: { state }, value })),
-      },
-      {
-        name: "pcoip_sg_admissions_total",
-        help: "Sessions admitted by the CM.",
-        type: "counter",
-        samples: [{ value: a.admitted }],
-      },
-      {
-        name: "pcoip_sg_admission_refusals_total",
-        help: "Admissions refused, by reason.",
-        type: "counter",
-        samples: Object.entries(a.refused).map(([reason, value]) => ({ labels: { reason }, value })),
-      },
-      {
-        name: "pcoip_sg_tcp_accepted_total",
-        help: "Control connections accepted on 4172.",
-        type: "counter",
-        samples: [{ value: t.accepted }],
-      },
-      {
-        name: "pcoip_sg_tcp_relays_open",
-        help: "TCP relays open now.",
-        type: "gauge",
-        samples: [{ value: t.active }],
-      },
-      {
-        name: "pcoip_sg_tcp_denials_total",
-        help: "Control connections refused, by reason.",
-        type: "counter",
-        samples: Object.entries(t.refused).map(([reason, value]) => ({ labels: { reason }, value })),
-      },
-      {
-        name: "pcoip_sg_tcp_bytes_total",
-        help: "Bytes relayed on TCP 4172.",
-        type: "counter",
-        samples: [
-          { labels: { direction: "to_agent" }, value: t.bytesToAgent },
-          { labels: { direction: "to_client" }, value: t.bytesToClient },
-        ],
-      },
-      {
-        name: "pcoip_sg_udp_packets_total",
-        help: "UDP datagrams relayed.",
-        type: "counter",
-        samples: [
-          { labels: { direction: "to_agent" }, value: u.packetsUp },
-          { labels: { direction: "to_client" }, value: u.packetsDown },
-        ],
-      },
-      {
-        name: "pcoip_sg_udp_bytes_total",
-        help: "UDP bytes relayed.",
-        type: "counter",
-        samples: [
-          { labels: { direction: "to_agent" }, value: u.bytesUp },
-          { labels: { direction: "to_client" }, value: u.bytesDown },
-        ],
-      },
-      {
-        name: "pcoip_sg_udp_flows_open",
-        help: "UDP session sockets open now.",
-        type: "gauge",
-        samples: [{ value: u.sessionsOpen }],
-      },
-      {
-        name: "pcoip_sg_udp_path",
-        help: "The UDP data path in use (1 for the active one): kernel (nftables) or userspace.",
-        type: "gauge",
-        samples: (["kernel", "userspace"] as const).map((path) => ({
-          labels: { path },
-          value: udp.path === path ? 1 : 0,
-        })),
-      },
-      {
-        name: "pcoip_sg_udp_fastpath_flows",
-        help: "UDP flows the kernel carries now.",
-        type: "gauge",
-        samples: [{ value: udp.fastPathFlows }],
-      },
-      {
-        name: "pcoip_sg_udp_drops_total",
-        help: "UDP datagrams dropped, by reason.",
-        type: "counter",
-        samples: Object.entries(u.drops).map(([reason, value]) => ({ labels: { reason }, value })),
-      },
-    ] as const;
-  });
 }

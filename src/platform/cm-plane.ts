@@ -1,7 +1,8 @@
 /**
  * The Connection Manager as the appliance runs it: the configuration mapped onto the CM's modules (broker,
- * authenticators, agent client, throttle, limits) and rebuilt on reload, so new sessions get new settings
- * while conversations already under way finish on the objects they started with.
+ * authenticators, agent client, limits) and rebuilt on reload, so new sessions get new settings while
+ * conversations already under way finish on the objects they started with. What must outlive a reload (throttle,
+ * desktop holds, drain flag, counters) is the node state (node-state.ts), handed to every generation.
  */
 
 import { readFileSync } from "node:fs";
@@ -14,6 +15,7 @@ import type { Broker } from "../cm/brokers/broker.ts";
 import { createBuiltinBroker } from "../cm/brokers/builtin.ts";
 import { type BrokerReachability, watchBroker } from "../cm/brokers/reachability.ts";
 import { createUpstreamBroker } from "../cm/brokers/upstream.ts";
+import type { CmCounters } from "../cm/counters.ts";
 import { type CmApp, createCmApp, type SessionGateway } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
 import { parseAgentAddress } from "../config/schema.ts";
@@ -21,11 +23,12 @@ import { compileTrustedProxies } from "../net/client-address.ts";
 import type { ConnInfo } from "../net/http1.ts";
 import type { ReadinessCheck } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
-import { LabelledCounter, type MetricsRegistry } from "../observability/metrics.ts";
+import type { MetricFamily, MetricsRegistry, Sample } from "../observability/metrics.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
 import type { ProductInfo } from "../protocol/types.ts";
 import type { CertificatePair } from "../tls/certs.ts";
 import { PRODUCT_NAME, VERSION } from "../version.ts";
+import type { NodeState } from "./node-state.ts";
 
 export interface CmPlaneDeps {
   readonly log: Logger;
@@ -34,11 +37,12 @@ export interface CmPlaneDeps {
   readonly metrics: MetricsRegistry;
   /** Session progress for the verdict lines, shared with the SG. */
   readonly journal?: SessionJournal;
+  /** What outlives reloads: every generation gets this one. */
+  readonly node: NodeState;
 }
 
 export interface CmPlane {
   fetch(req: Request, info: ConnInfo): Response | Promise<Response>;
-  setDraining(on: boolean): void;
   readiness(): Promise<ReadinessCheck[]>;
   /** False while the upstream broker does not answer (the redirect listener's GET health answer follows it). */
   brokerReachable(): boolean;
@@ -67,66 +71,14 @@ export async function startCmPlane(
   if (!first.ok) return first;
   let current: Built = first.built;
   const retired: Built[] = [];
-  let draining = false;
   log.info({ broker: current.broker.kind }, current.broker.description);
 
-  const allocations = new LabelledCounter(
-    "pcoip_cm_allocations_total",
-    "allocate-resource answers by result id.",
-    "result",
-  );
+  const counters = deps.node.counters;
   deps.metrics.add(() => {
-    const all = [current, ...retired];
-    const sum = (f: (b: Built) => number) => all.reduce((n, b) => n + f(b), 0);
     const byState: Record<string, number> = {};
-    for (const b of all)
+    for (const b of [current, ...retired])
       for (const [k, v] of Object.entries(b.app.sessionsByState())) byState[k] = (byState[k] ?? 0) + v;
-    for (const b of all)
-      for (const [id, n] of Object.entries(b.app.counters.allocations))
-        if (allocations.get(id) < n) allocations.inc(id, n - allocations.get(id));
-    return [
-      {
-        name: "pcoip_cm_requests_total",
-        help: "Broker-protocol requests.",
-        type: "counter",
-        samples: [{ value: sum((b) => b.app.counters.requests) }],
-      },
-      {
-        name: "pcoip_cm_protocol_errors_total",
-        help: "Requests answered with error-resp.",
-        type: "counter",
-        samples: [{ value: sum((b) => b.app.counters.protocolErrors) }],
-      },
-      {
-        name: "pcoip_cm_logins_total",
-        help: "Logins by outcome.",
-        type: "counter",
-        samples: [
-          { labels: { outcome: "ok" }, value: sum((b) => b.app.counters.loginsOk) },
-          { labels: { outcome: "failed" }, value: sum((b) => b.app.counters.loginsFailed) },
-          { labels: { outcome: "throttled" }, value: sum((b) => b.app.counters.loginsThrottled) },
-        ],
-      },
-      {
-        name: "pcoip_cm_busy_total",
-        help: "Busy answers (establishment limit or SG full).",
-        type: "counter",
-        samples: [{ value: sum((b) => b.app.counters.busy) }],
-      },
-      {
-        name: "pcoip_cm_establishing",
-        help: "Broker/agent calls in flight.",
-        type: "gauge",
-        samples: [{ value: sum((b) => b.app.counters.establishing) }],
-      },
-      {
-        name: "pcoip_cm_sessions",
-        help: "Pre-sessions by state.",
-        type: "gauge",
-        samples: Object.entries(byState).map(([state, value]) => ({ labels: { state }, value })),
-      },
-      allocations.family(),
-    ];
+    return cmFamilies(counters, byState);
   });
 
   // A reload builds a new CM app; the previous one keeps answering the conversations it holds (by cookie) until
@@ -148,14 +100,10 @@ export async function startCmPlane(
       if (retired.length > 0 && req.method === "POST") {
         for (let i = retired.length - 1; i >= 0; i--) {
           const old = retired[i]!;
-          if (old.app.holds(req)) return old.app.fetch(req, info);
+          if (old.app.ownsConversation(req)) return old.app.fetch(req, info);
         }
       }
       return current.app.fetch(req, info);
-    },
-    setDraining(on) {
-      draining = on;
-      for (const b of [current, ...retired]) b.app.setDraining(on);
     },
     async readiness() {
       const r = await current.reach.check();
@@ -173,7 +121,7 @@ export async function startCmPlane(
       const r = build(next, pair, deps);
       if (!r.ok) return { ok: false, error: `${r.error.what}: ${r.error.cause}; ${r.error.fix}` };
       const old = current;
-      r.built.app.setDraining(draining);
+      deps.node.reconfigure(next);
       current = r.built;
       retired.push(old);
       log.info({ broker: current.broker.kind }, current.broker.description);
@@ -327,16 +275,49 @@ function build(
       maxConcurrentEstablishments: config.cm.maxConcurrentEstablishments,
       bodyLimitBytes: config.cm.bodyLimitBytes,
     },
-    throttle: {
-      failuresBeforeDelay: config.cm.throttle.failuresBeforeDelay,
-      maxDelayMs: config.cm.throttle.maxDelaySeconds * 1000,
-      distinctUsersPerIp: config.cm.throttle.distinctUsersPerIpBeforeIpThrottle,
-      maxDelayedAnswers: config.cm.throttle.maxDelayedAnswers,
-      windowMs: config.cm.throttle.windowSeconds * 1000,
-    },
+    node: deps.node,
     enableCollaboration: config.enableCollaboration,
     licenseServerUrl: config.licenseServerUrl,
   });
   const reach = watchBroker(broker, log, { onChange: (up) => app.setReady(up) });
   return { ok: true, built: { app, broker, reach } };
+}
+
+/** The CM's metric families: counters from the node state (monotonic across reloads), gauges from the generations. */
+function cmFamilies(c: CmCounters, sessionsByState: Record<string, number>): MetricFamily[] {
+  const counter = (name: string, help: string, samples: Sample[]): MetricFamily => ({
+    name,
+    help,
+    type: "counter",
+    samples,
+  });
+  return [
+    counter("pcoip_cm_requests_total", "Broker-protocol requests.", [{ value: c.requests }]),
+    counter("pcoip_cm_protocol_errors_total", "Requests answered with error-resp.", [
+      { value: c.protocolErrors },
+    ]),
+    counter("pcoip_cm_logins_total", "Logins by outcome.", [
+      { labels: { outcome: "ok" }, value: c.loginsOk },
+      { labels: { outcome: "failed" }, value: c.loginsFailed },
+      { labels: { outcome: "throttled" }, value: c.loginsThrottled },
+    ]),
+    counter("pcoip_cm_busy_total", "Busy answers (establishment limit or SG full).", [{ value: c.busy }]),
+    {
+      name: "pcoip_cm_establishing",
+      help: "Broker/agent calls in flight.",
+      type: "gauge",
+      samples: [{ value: c.establishing }],
+    },
+    {
+      name: "pcoip_cm_sessions",
+      help: "Pre-sessions by state.",
+      type: "gauge",
+      samples: Object.entries(sessionsByState).map(([state, value]) => ({ labels: { state }, value })),
+    },
+    counter(
+      "pcoip_cm_allocations_total",
+      "allocate-resource answers by result id.",
+      Object.entries(c.allocations).map(([r, value]) => ({ labels: { result: r }, value })),
+    ),
+  ];
 }

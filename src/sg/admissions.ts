@@ -94,6 +94,11 @@ export interface AdmissionsOptions {
   maxPerClientIp?: number;
   /** How often expired records are swept; 0 = only when `sweep()` is called (tests with a fake clock). */
   sweepEveryMs?: number;
+  /**
+   * The node's one drain flag (platform/node-state.ts): while it is up, `admit()` refuses; live sessions and their
+   * reconnects keep working. Absent = never draining.
+   */
+  drain?: { readonly draining: boolean };
 }
 
 export interface AdmissionCounters {
@@ -107,11 +112,9 @@ export interface Admissions {
   admit(req: AdmitRequest): AdmitResult;
   /** Picks the admission for a new control connection (see the rules at the implementation). */
   matchTcp(clientIp: string, sni: string | undefined): TcpMatch;
-  /** Active sessions of a client IP, most recently activated first: the candidates for a new UDP flow. */
-  matchUdp(clientIp: string): readonly Admission[];
   /**
    * The session a new UDP flow binds to: of the client IP's active sessions for which `usable(sessionLogId)`
-   * is true, the most recently activated (what the first usable entry of `matchUdp` would be). `undefined`
+   * is true, the most recently activated (the earlier admitted among equal activation times). `undefined`
    * when none is usable; `activeSeen` tells whether the IP had any active session at all.
    * One pass, no copies and no sort: the relay calls it for every datagram from an unknown port, and behind
    * one NAT an IP can hold thousands of sessions (bench/sg-sessions.ts, BENCH_SESSIONS_ONE_IP=1: copying and
@@ -131,9 +134,6 @@ export interface Admissions {
   /** Copies of every live record. */
   list(): Admission[];
   readonly size: number;
-  readonly draining: boolean;
-  /** While draining, `admit()` refuses; live sessions and their reconnects keep working. */
-  setDraining(on: boolean): void;
   /** Removes expired pending records and ended records past their grace. */
   sweep(): void;
   /** Listens for removals (the relays close what belonged to the session). Returns the unsubscribe function. */
@@ -161,6 +161,8 @@ interface Rec {
 }
 
 /**
+ * One closure over the table's two indexes on purpose (≈ 210 lines): every method reads and writes the same Maps,
+ * and `matchTcp`'s rules are best read beside `admit`'s and `remove`'s.
  * @example
  * const admissions = createAdmissions({ maxSessions: 5000 });
  * const r = admissions.admit({ sessionLogId, agentSessionId, clientIp, agentHost: "10.20.3.14", agentUdpPort: 4172, sni });
@@ -177,7 +179,7 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
   const byId = new Map<string, Rec>();
   const byIp = new Map<string, Set<Rec>>();
   const listeners = new Set<(e: AdmissionEvent) => void>();
-  let draining = false;
+  const drain = options.drain;
   const counters: AdmissionCounters = {
     admitted: 0,
     refused: { max_sessions: 0, per_ip_limit: 0, draining: 0, invalid: 0 },
@@ -222,7 +224,7 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
         counters.refused.invalid++;
         return { ok: false, reason: "invalid" };
       }
-      if (draining) {
+      if (drain?.draining) {
         counters.refused.draining++;
         return { ok: false, reason: "draining" };
       }
@@ -312,14 +314,6 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
       return { ok: false, reason: "no_sni_ambiguous" };
     },
 
-    matchUdp(rawIp) {
-      const set = byIp.get(canonicalIp(rawIp));
-      if (!set) return [];
-      const out: Admission[] = [];
-      for (const r of set) if (r.state === "active") out.push(snapshot(r));
-      return out.sort((a, b) => (b.activatedAt ?? 0) - (a.activatedAt ?? 0));
-    },
-
     pickUdp(rawIp, usable) {
       const set = byIp.get(canonicalIp(rawIp));
       let best: Rec | undefined;
@@ -328,7 +322,7 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
         for (const r of set) {
           if (r.state !== "active") continue;
           activeSeen = true;
-          // Strictly greater: among equal activation times the earlier record wins, as matchUdp's stable sort.
+          // Strictly greater: among equal activation times the earlier admitted record wins.
           if (
             (best === undefined || (r.activatedAt ?? 0) > (best.activatedAt ?? 0)) &&
             usable(r.sessionLogId)
@@ -375,12 +369,6 @@ export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
 
     get size() {
       return byId.size;
-    },
-    get draining() {
-      return draining;
-    },
-    setDraining(on) {
-      draining = on;
     },
     sweep,
     subscribe(listener) {

@@ -293,11 +293,11 @@ describe("load balancer health", () => {
       }
     };
     expect(await get()).toBe("HTTP/1.1 200");
-    h.cm.setDraining(true);
+    h.node.setDraining(true);
     try {
       expect(await get()).toBe("HTTP/1.1 503");
     } finally {
-      h.cm.setDraining(false);
+      h.node.setDraining(false);
     }
     expect(await get()).toBe("HTTP/1.1 200");
   });

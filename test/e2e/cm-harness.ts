@@ -8,7 +8,13 @@ import { join } from "node:path";
 import { createAgentClient } from "../../src/cm/agent-client.ts";
 import { createLocalUsers, hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
 import { type BuiltinDesktop, createBuiltinBroker } from "../../src/cm/brokers/builtin.ts";
-import { type CmApp, type CmAppOptions, createCmApp } from "../../src/cm/server.ts";
+import {
+  type CmApp,
+  type CmAppOptions,
+  type CmNodeState,
+  createCmApp,
+  standaloneNodeState,
+} from "../../src/cm/server.ts";
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
 import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
@@ -27,6 +33,8 @@ export const PRODUCT = {
 
 export interface Harness {
   readonly cm: CmApp;
+  /** The CM's node state (its drain flag can be raised and lowered). */
+  readonly node: CmNodeState & { setDraining(on: boolean): void };
   readonly server: Http1Server;
   readonly agent: FakeAgent;
   readonly usersFile: string;
@@ -81,7 +89,9 @@ export async function startHarness(o: HarnessOptions = {}): Promise<Harness> {
     pcmInfo: PRODUCT,
   });
   const { trustedProxies, ...cmRest } = o.cm ?? {};
+  const node = standaloneNodeState(cmRest);
   const cm = createCmApp({
+    node,
     log,
     broker,
     agentClient: createAgentClient({ timeoutMs: o.agentTimeoutMs ?? 3000 }),
@@ -99,6 +109,7 @@ export async function startHarness(o: HarnessOptions = {}): Promise<Harness> {
   });
   return {
     cm,
+    node,
     server,
     agent,
     usersFile,

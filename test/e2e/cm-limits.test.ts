@@ -247,12 +247,12 @@ describe("Security Gateway", () => {
   function stubGateway(refuse?: string) {
     const admitted: GatewayAdmission[] = [];
     const gateway: SessionGateway = {
-      admit(rec) {
+      async admit(rec) {
         if (refuse) return { ok: false, reason: refuse };
         admitted.push(rec);
         return { ok: true };
       },
-      externalAddressFor: (ip) => (ip.includes(":") ? undefined : { ip: "203.0.113.10", port: 4172 }),
+      externalAddressFor: async (ip) => (ip.includes(":") ? undefined : { ip: "203.0.113.10", port: 4172 }),
     };
     return { gateway, admitted };
   }

@@ -8,6 +8,7 @@ import { afterAll, expect, test } from "bun:test";
 import { connect } from "node:tls";
 import { startHttp1Server } from "../../src/net/http1.ts";
 import { createRelayLimits } from "../../src/sg/limits.ts";
+import { until } from "../peers/sg-fixture.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const pki = testPki();
@@ -23,12 +24,6 @@ const server = startHttp1Server({
   descriptors: limits,
 });
 afterAll(() => server.stop());
-
-async function until(pred: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!pred() && Date.now() < end) await Bun.sleep(20);
-  return pred();
-}
 
 function tlsRequest(): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -51,7 +46,7 @@ test("served, cut, stalled, garbage and refused connections all give their descr
   expect(limits.maxRelays).toBe(10);
   // Served and closed.
   for (let i = 0; i < 5; i++) expect(await tlsRequest()).toContain("200");
-  expect(await until(() => limits.inUse === 0, 3000)).toBe(true);
+  await until(() => limits.inUse === 0, 3000);
 
   // Cut by the client mid-head; TLS garbage; a stalled handshake (closed by the header timeout).
   const raw = await Promise.all(
@@ -63,8 +58,8 @@ test("served, cut, stalled, garbage and refused connections all give their descr
   raw[1]!.write("GET / HTTP/1.1\r\n"); // not TLS at all
   raw[2]!.write(crypto.getRandomValues(new Uint8Array(300)));
   raw[3]!.end();
-  expect(await until(() => limits.inUse <= 2, 3000)).toBe(true); // the two silent ones wait for the timeout
-  expect(await until(() => limits.inUse === 0, 3000)).toBe(true);
+  await until(() => limits.inUse <= 2, 3000); // the two silent ones wait for the timeout
+  await until(() => limits.inUse === 0, 3000);
 
   // Over budget: 14 held at once, 10 fit; the rest are closed at once and never counted.
   const held = await Promise.all(
@@ -72,12 +67,12 @@ test("served, cut, stalled, garbage and refused connections all give their descr
       Bun.connect({ hostname: "127.0.0.1", port: server.port, socket: { data() {}, error() {} } }),
     ),
   );
-  expect(await until(() => limits.inUse === 10, 3000)).toBe(true);
+  await until(() => limits.inUse === 10, 3000);
   expect(limits.refused).toBeGreaterThanOrEqual(4);
   for (const s of [...raw, ...held]) s.terminate();
-  expect(await until(() => limits.inUse === 0, 3000)).toBe(true);
+  await until(() => limits.inUse === 0, 3000);
 
   // Nothing leaked: a real client still gets through.
   expect(await tlsRequest()).toContain("200");
-  expect(await until(() => limits.inUse === 0, 3000)).toBe(true);
+  await until(() => limits.inUse === 0, 3000);
 });

@@ -8,6 +8,7 @@ import { type Admissions, createAdmissions } from "../../src/sg/admissions.ts";
 import { startTcpRelay, type TcpRelay } from "../../src/sg/tcp-relay.ts";
 import { startUdpRelay, type UdpRelay } from "../../src/sg/udp-relay.ts";
 import { type AgentEndpoint, connectControl, startAgentEndpoint } from "../peers/agent-endpoint.ts";
+import { until } from "../peers/sg-fixture.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const SNI = "Agent-7.Corp.Test";
@@ -61,14 +62,6 @@ async function udpClient() {
     },
   });
   return { sock, replies, from };
-}
-
-async function until(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(10);
-  }
 }
 
 beforeAll(async () => {

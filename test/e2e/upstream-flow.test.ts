@@ -16,6 +16,7 @@ import { type CmApp, createCmApp, type SessionGateway } from "../../src/cm/serve
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
 import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
+import { createSessionGateway } from "../../src/platform/session-gateway.ts";
 import { type Admissions, createAdmissions } from "../../src/sg/admissions.ts";
 import { startTcpRelay, type TcpRelay } from "../../src/sg/tcp-relay.ts";
 import { connectControl } from "../peers/agent-endpoint.ts";
@@ -63,14 +64,10 @@ async function startCm(
     admissions = adm;
     relay = t.relay;
     const sgPort = t.relay.ports[0]!;
-    gateway = {
-      admit: (rec) => {
-        const r = adm.admit(rec);
-        return r.ok ? { ok: true } : { ok: false, reason: r.reason };
-      },
+    gateway = createSessionGateway({
+      admissions: adm,
       externalAddressFor: () => ({ ip: "127.0.0.1", port: sgPort }),
-      isLive: (id) => adm.get(id) !== undefined,
-    };
+    });
   }
   const app = createCmApp({
     log,

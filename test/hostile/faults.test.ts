@@ -15,17 +15,10 @@ import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance
 import { sgEnv } from "../peers/appliance-session.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
 import { pcoipClient } from "../peers/pcoip-client.ts";
+import { until } from "../peers/sg-fixture.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const pki = testPki();
-
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(20);
-  }
-}
 
 describe("agent faults reach the client as typed failures", () => {
   const request = (port: number): LaunchRequest => ({
@@ -135,7 +128,7 @@ describe("an agent vanishing mid-session", () => {
       await agent.close(); // the agent host goes away: its sockets end abruptly
       await c.client.closed;
       expect(Date.now() - t0).toBeLessThan(2000);
-      await until(() => sink.text().includes("sg tcp relay closed"));
+      await until(() => sink.text().includes("sg tcp relay closed"), 5000);
       const line = JSON.parse(sink.lines().find((l) => l.includes("sg tcp relay closed"))!);
       expect(line.sessionId).toBe("33333333-0000-4000-8000-000000000001");
       expect(String(line.closedBy)).toMatch(/^agent/);

@@ -8,6 +8,7 @@ import { watchBroker } from "../../src/cm/brokers/reachability.ts";
 import { createUpstreamBroker } from "../../src/cm/brokers/upstream.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
 import { type FakeBroker, startFakeBroker } from "../peers/fake-broker.ts";
+import { until } from "../peers/sg-fixture.ts";
 
 const PCM = {
   productName: "pcoip-cmsg",
@@ -24,12 +25,6 @@ afterEach(async () => {
   stop?.();
   await broker?.close();
 });
-
-async function until(pred: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!pred() && Date.now() < end) await Bun.sleep(20);
-  return pred();
-}
 
 test("an answering broker is ready; a stopped one is not, with its URL and cause; the change is logged once", async () => {
   broker = await startFakeBroker();
@@ -55,7 +50,7 @@ test("an answering broker is ready; a stopped one is not, with its URL and cause
   expect(hellos).toBeGreaterThanOrEqual(1);
 
   broker.stopListening();
-  expect(await until(() => !watch.reachable, 5_000)).toBe(true);
+  await until(() => !watch.reachable, 5_000);
   const down = await watch.check();
   expect(down.ok).toBe(false);
   expect(down.detail).toContain(`127.0.0.1:${broker.port}`);

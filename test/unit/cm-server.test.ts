@@ -6,7 +6,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { createAgentClient } from "../../src/cm/agent-client.ts";
 import type { Authenticator } from "../../src/cm/auth/authenticator.ts";
 import { createBuiltinBroker } from "../../src/cm/brokers/builtin.ts";
-import { createCmApp } from "../../src/cm/server.ts";
+import { createCmApp, standaloneNodeState } from "../../src/cm/server.ts";
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
 import type { ConnInfo } from "../../src/net/http1.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
@@ -36,7 +36,9 @@ const broker = createBuiltinBroker({
   brokerInfo: PRODUCT,
   pcmInfo: PRODUCT,
 });
+const node = standaloneNodeState({});
 const cm = createCmApp({
+  node,
   log,
   broker,
   agentClient: createAgentClient({ timeoutMs: 500 }),
@@ -81,9 +83,9 @@ describe("routes", () => {
   test("GET: 200, 503 while draining or not ready", async () => {
     expect((await cm.app.request("/pcoip-broker/xml", {}, env())).status).toBe(200);
     expect((await cm.app.request("/pcoip-broker/xml/", {}, env())).status).toBe(200);
-    cm.setDraining(true);
+    node.setDraining(true);
     expect((await cm.app.request("/pcoip-broker/xml", {}, env())).status).toBe(503);
-    cm.setDraining(false);
+    node.setDraining(false);
     cm.setReady(false);
     expect((await cm.app.request("/pcoip-broker/xml", {}, env())).status).toBe(503);
     cm.setReady(true);

@@ -12,7 +12,7 @@ const conversation = {} as BrokerConversation; // never called by the store
 
 function session(id: string, state: SessionState, clientLogId = "", at = 0): Session {
   return {
-    id,
+    cookie: id,
     logId: `log-${id}`,
     clientLogId,
     state,
@@ -28,7 +28,11 @@ function session(id: string, state: SessionState, clientLogId = "", at = 0): Ses
 
 function store(max = 3, idleMs = 1000) {
   const removed: [string, RemovalReason][] = [];
-  const s = createSessionStore({ maxPreSessions: max, idleMs, onRemove: (x, r) => removed.push([x.id, r]) });
+  const s = createSessionStore({
+    maxPreSessions: max,
+    idleMs,
+    onRemove: (x, r) => removed.push([x.cookie, r]),
+  });
   return { s, removed };
 }
 

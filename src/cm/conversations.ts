@@ -1,0 +1,331 @@
+/**
+ * The CM's conversations: finds the session a request belongs to, runs one request of a session at a time, asks
+ * flow.ts what to do and performs it — opening and ending sessions, the broker calls, the failed-login throttle,
+ * the audit lines — and hands allocations to the pipeline (establish.ts). server.ts owns the HTTP around it.
+ *
+ * Sessions are found by the `JSESSIONID` cookie, else by the `Client-Log-Id` header from the session's own client
+ * IP only (the header is not a secret: clients write it into their logs; the cookie is).
+ */
+import { type Logger, sessionLogger } from "../observability/log.ts";
+import type { SessionJournal } from "../observability/session-journal.ts";
+import { RESULTS, result, VENDOR_TEXT } from "../protocol/results.ts";
+import type {
+  AllocateResource,
+  AllocateResourceResp,
+  Authenticate,
+  BrokerResponse,
+  ClientRequest,
+} from "../protocol/types.ts";
+import type { AuthenticateOutcome, Broker, ConversationContext } from "./brokers/broker.ts";
+import type { CmCounters } from "./counters.ts";
+import { type EstablishDeps, type EstablishmentSlots, establish } from "./establish.ts";
+import {
+  type Effect,
+  plan,
+  type Settled,
+  settleAllocate,
+  settleAuthenticate,
+  settleBye,
+  settleHello,
+  settleList,
+} from "./flow.ts";
+import type { Session, SessionStore } from "./sessions.ts";
+import type { Throttle } from "./throttle.ts";
+
+/** What the HTTP side extracted from one broker-protocol request. */
+export interface CmRequest {
+  readonly clientIp: string;
+  /** The client's Client-Log-Id header ("" when absent or too long). */
+  readonly clientLogId: string;
+  /** The JSESSIONID cookie when it has our shape. */
+  readonly cookie: string | undefined;
+}
+
+export interface Answer {
+  readonly reply: BrokerResponse;
+  /** The session the answer belongs to (its cookie goes out when the request did not carry it). */
+  readonly session?: Session;
+}
+
+export interface CmRandom {
+  /** `n` random bytes (the cookie value). */
+  bytes(n: number): Uint8Array;
+  /** A UUIDv4 (the session id). */
+  uuid(): string;
+}
+
+export interface ConversationsDeps {
+  readonly log: Logger;
+  readonly broker: Broker;
+  readonly store: SessionStore;
+  readonly throttle: Throttle;
+  readonly slots: EstablishmentSlots;
+  readonly establish: EstablishDeps;
+  readonly counters: CmCounters;
+  readonly journal: SessionJournal | undefined;
+  readonly random: CmRandom;
+}
+
+const UUID_SHAPE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export class Conversations {
+  readonly #d: ConversationsDeps;
+
+  constructor(deps: ConversationsDeps) {
+    this.#d = deps;
+  }
+
+  /** Answers one request: in its session's queue when it has one, at once otherwise. */
+  async handle(req: CmRequest, msg: ClientRequest): Promise<Answer> {
+    const { store } = this.#d;
+    const now = this.#now();
+    const byLogId = req.clientLogId !== "" ? store.byClientLogId(req.clientLogId, now) : undefined;
+    const s =
+      (req.cookie ? store.get(req.cookie, now) : undefined) ??
+      (byLogId && byLogId.clientIp === req.clientIp ? byLogId : undefined);
+    if (!s) return this.#run(req, msg, undefined);
+    store.touch(s, now);
+    s.clientIp = req.clientIp;
+    // One request of a session at a time, in arrival order.
+    const done = s.queue.then(() => this.#run(req, msg, s));
+    s.queue = done.catch(() => undefined);
+    return done;
+  }
+
+  /** The session id: the Client-Log-Id when UUID-shaped, else a fresh UUID. */
+  #idFor(req: CmRequest): string {
+    return UUID_SHAPE.test(req.clientLogId) ? req.clientLogId.toLowerCase() : this.#d.random.uuid();
+  }
+
+  #now(): number {
+    return this.#d.establish.clock.now();
+  }
+
+  async #run(req: CmRequest, msg: ClientRequest, found: Session | undefined): Promise<Answer> {
+    const { store, broker, counters, journal, log } = this.#d;
+    let session = found && store.get(found.cookie, this.#now()) === found ? found : undefined;
+    const p = plan(msg, session?.state);
+    if (p.kind === "reply") {
+      session?.log.info(
+        { op: msg.op, state: session.state },
+        `${msg.op} out of order: answered with a failure`,
+      );
+      return { reply: p.reply, ...(session ? { session } : {}) };
+    }
+    for (const e of p.effects) if (e.kind === "open-session") session = this.#open(req, session);
+    try {
+      switch (p.call) {
+        case "probe": {
+          counters.probes++;
+          const id = this.#idFor(req);
+          const ctx = this.#context(req, id, sessionLogger(log, id));
+          return { reply: await broker.probe(msg as Extract<ClientRequest, { op: "hello" }>, ctx) };
+        }
+        case "hello": {
+          const s = session!;
+          if (msg.op === "hello") s.clientName = msg.clientInfo.hostname;
+          const resp = await s.conversation.hello(msg as Extract<ClientRequest, { op: "hello" }>);
+          return this.#finish(s, settleHello(resp));
+        }
+        case "authenticate":
+          return this.#finish(session!, await this.#authenticate(session!, msg as Authenticate));
+        case "list": {
+          const s = session!;
+          const resp = await s.conversation.getResourceList(
+            msg as Extract<ClientRequest, { op: "get-resource-list" }>,
+          );
+          if (resp.result.resultId === "LIST_SUCCESSFUL") journal?.reached(s.logId, "list");
+          else journal?.failed(s.logId, "list", resp.result.resultId);
+          return this.#finish(s, settleList(s.state, resp));
+        }
+        case "allocate": {
+          const s = session!;
+          const resp = await this.#d.slots.run(
+            (): AllocateResourceResp => ({
+              op: "allocate-resource-resp",
+              result: result("ALLOC_FAILED_SERVER_BUSY"),
+            }),
+            () => establish(this.#d.establish, s, msg as AllocateResource),
+          );
+          counters.allocations[resp.result.resultId] = (counters.allocations[resp.result.resultId] ?? 0) + 1;
+          return this.#finish(s, settleAllocate(s.state, resp));
+        }
+        case "bye": {
+          const s = session!;
+          const resp = await s.conversation.bye(msg as Extract<ClientRequest, { op: "bye" }>);
+          return this.#finish(s, settleBye(resp));
+        }
+      }
+    } catch (e) {
+      // A broker or agent module threw: a bug. The client still gets its operation's failure, never a 500.
+      (session?.log ?? log).error({ err: e, op: msg.op }, `handling ${msg.op}: unexpected error`);
+      if (session && msg.op === "bye") {
+        store.remove(session, "bye");
+        return { reply: failureFor(msg) };
+      }
+      return { reply: failureFor(msg), ...(session ? { session } : {}) };
+    }
+  }
+
+  #context(req: CmRequest, id: string, slog: Logger): ConversationContext {
+    return { sessionLogId: id, clientIp: req.clientIp, clientLogId: req.clientLogId, log: slog };
+  }
+
+  /** Creates a session, or restarts `existing` in place (same cookie, fresh conversation, sign-in forgotten). */
+  #open(req: CmRequest, existing: Session | undefined): Session {
+    const { store, broker, log, journal } = this.#d;
+    const now = this.#now();
+    if (existing) {
+      existing.logon = undefined;
+      existing.user = undefined;
+      existing.state = "hello";
+      void existing.conversation.close().catch(() => undefined);
+      if (UUID_SHAPE.test(req.clientLogId) && req.clientLogId.toLowerCase() !== existing.logId) {
+        existing.logId = req.clientLogId.toLowerCase();
+        existing.log = sessionLogger(log, existing.logId);
+      }
+      if (req.clientLogId !== existing.clientLogId) store.setClientLogId(existing, req.clientLogId);
+      existing.conversation = broker.openConversation(this.#context(req, existing.logId, existing.log));
+      existing.log.info({ clientIp: req.clientIp }, "pre-session restarted by a new hello");
+      return existing;
+    }
+    const id = this.#idFor(req);
+    const slog = sessionLogger(log, id);
+    const s: Session = {
+      cookie: Buffer.from(this.#d.random.bytes(16)).toString("hex"),
+      logId: id,
+      clientLogId: req.clientLogId,
+      state: "hello",
+      createdAt: now,
+      lastSeen: now,
+      clientIp: req.clientIp,
+      clientName: "",
+      conversation: broker.openConversation(this.#context(req, id, slog)),
+      log: slog,
+      queue: Promise.resolve(),
+    };
+    store.add(s, now);
+    slog.info({ clientIp: req.clientIp }, "pre-session opened");
+    journal?.reached(s.logId, "hello");
+    return s;
+  }
+
+  #finish(s: Session, settled: Settled): Answer {
+    this.#apply(s, settled.effects);
+    return this.#d.store.get(s.cookie, this.#now()) === s
+      ? { reply: settled.reply, session: s }
+      : { reply: settled.reply };
+  }
+
+  #apply(s: Session, effects: readonly Effect[]): void {
+    const { store, throttle, counters, journal } = this.#d;
+    const now = this.#now();
+    for (const e of effects) {
+      switch (e.kind) {
+        case "set-state":
+          s.state = e.state;
+          break;
+        case "signed-in":
+          s.user = e.user;
+          break;
+        case "remember-logon":
+          s.logon = e.logon;
+          break;
+        case "forget-logon":
+          s.logon = undefined;
+          break;
+        case "throttle":
+          if (e.outcome === "failure") throttle.recordFailure(s.clientIp, e.user, now);
+          else throttle.recordSuccess(s.clientIp, e.user, now);
+          break;
+        case "audit":
+          if (e.event === "login_ok") counters.loginsOk++;
+          else counters.loginsFailed++;
+          if (e.event === "login_ok") journal?.reached(s.logId, "auth");
+          else journal?.failed(s.logId, "auth", e.resultId);
+          s.log.info(
+            { audit: true, event: e.event, user: e.user, clientIp: s.clientIp, resultId: e.resultId },
+            e.event === "login_ok" ? `login ok: ${e.user}` : `login failed: ${e.user} (${e.resultId})`,
+          );
+          break;
+        case "end-session":
+          store.remove(s, "bye");
+          s.log.info({ state: s.state }, "pre-session ended by bye");
+          break;
+        case "open-session":
+          break;
+      }
+    }
+  }
+
+  /** The throttle's verdict first (refuse, or wait), then the password check in an establishment slot. */
+  async #authenticate(s: Session, msg: Authenticate): Promise<Settled> {
+    const { throttle, counters } = this.#d;
+    const method = msg.method || "password";
+    const verdict = throttle.admit(s.clientIp, msg.username, this.#now());
+    if (verdict.kind === "refuse") {
+      counters.loginsThrottled++;
+      counters.loginsFailed++;
+      s.log.info(
+        {
+          audit: true,
+          event: "login_failed",
+          user: msg.username,
+          clientIp: s.clientIp,
+          throttled: verdict.reason,
+        },
+        `login failed: ${msg.username} (throttled: ${verdict.reason})`,
+      );
+      return {
+        reply: {
+          op: "authenticate-resp",
+          method,
+          result: result("AUTH_FAILED_UNKNOWN_USERNAME_OR_PASSWORD"),
+        },
+        effects: [],
+      };
+    }
+    try {
+      if (verdict.waitMs > 0) {
+        s.log.info(
+          { waitMs: verdict.waitMs, user: msg.username },
+          "failed logins: delaying the password check",
+        );
+        await this.#d.establish.clock.sleep(verdict.waitMs);
+      }
+      const outcome = await this.#d.slots.run<AuthenticateOutcome>(
+        () => ({
+          resp: {
+            op: "authenticate-resp" as const,
+            method,
+            result: result("AUTH_FAILED_BROKER_ERROR", RESULTS.ALLOC_FAILED_SERVER_BUSY),
+          },
+        }),
+        () => s.conversation.authenticate(msg),
+      );
+      return settleAuthenticate(s.state, msg, outcome);
+    } finally {
+      verdict.release();
+    }
+  }
+}
+
+/** The operation's failure answer for an unexpected error (VENDOR_TEXT: the broker side failed). */
+function failureFor(msg: ClientRequest): BrokerResponse {
+  switch (msg.op) {
+    case "hello":
+      return { op: "hello-resp", brokers: [], authenticationMethods: [], domains: [] };
+    case "authenticate":
+      return {
+        op: "authenticate-resp",
+        method: msg.method || "password",
+        result: result("AUTH_FAILED_BROKER_ERROR", VENDOR_TEXT.brokerError),
+      };
+    case "get-resource-list":
+      return { op: "get-resource-list-resp", result: result("LIST_FAILED_BROKER_ERROR"), resources: [] };
+    case "allocate-resource":
+      return { op: "allocate-resource-resp", result: result("ALLOC_FAILED_TO_ALLOCATE_BROKER") };
+    case "bye":
+      return { op: "bye-resp" };
+  }
+}

@@ -1,0 +1,272 @@
+/**
+ * The CM's listeners: the HTTPS front doors (cm.listen) and the port-80 redirect (cm.redirectListen), each an
+ * http1.ts server. They are opened at start, re-keyed when the certificate is swapped and added or stopped when a
+ * reload changes the lists (new ones first; a stopped listener's connections stay until they end).
+ */
+import { createRedirectApp } from "../cm/redirect.ts";
+import type { Config } from "../config/schema.ts";
+import { effectiveListeners, parseListen } from "../config/schema.ts";
+import { compileTrustedProxies, type TrustedProxies } from "../net/client-address.ts";
+import { type ConnectionGuard, createConnectionGuard } from "../net/connection-guard.ts";
+import { type ConnInfo, type Http1Server, startHttp1Server } from "../net/http1.ts";
+import type { Logger } from "../observability/log.ts";
+import type { MetricsRegistry } from "../observability/metrics.ts";
+import type { DescriptorBudget } from "../sg/limits.ts";
+import type { CertificatePair } from "../tls/certs.ts";
+import { serverTls } from "../tls/policy.ts";
+import type { CmPlane } from "./cm-plane.ts";
+import type { NodeState } from "./node-state.ts";
+
+export interface ListenProblem {
+  readonly what: string;
+  readonly cause: string;
+  readonly fix: string;
+}
+
+export interface FrontDoorDeps {
+  readonly log: Logger;
+  readonly cm: CmPlane;
+  readonly node: NodeState;
+  /** The CM plane's descriptor budget (the SG's relays have their own). */
+  readonly descriptors: DescriptorBudget;
+  /** Where the per-IP cap's refusals are counted. */
+  readonly metrics: MetricsRegistry;
+  /** The configuration and certificate in force now (they change on reload). */
+  readonly current: () => { config: Readonly<Config>; pair: CertificatePair };
+}
+
+export class FrontDoors {
+  readonly cm = new Map<string, Http1Server>();
+  readonly redirect = new Map<string, Http1Server>();
+  /** Connections refused before HTTP (PROXY protocol), logged once per peer and reason a minute. */
+  readonly proxyRefusals: ReturnType<typeof refusalLog>;
+  readonly #d: FrontDoorDeps;
+  // PROXY protocol peers (a restart key: it decides whether a listener runs native TLS or TLS after a header).
+  readonly #proxyProtocolFrom: TrustedProxies;
+  readonly #onProxyRefused: (reason: string, info: ConnInfo) => void;
+  /** cm.maxConnectionsPerIp across the CM and port-80 listeners. */
+  readonly #guard: ConnectionGuard;
+
+  constructor(deps: FrontDoorDeps) {
+    this.#d = deps;
+    this.#proxyProtocolFrom = compileTrustedProxies(deps.current().config.cm.proxyProtocolFrom);
+    this.proxyRefusals = refusalLog(deps.log);
+    this.#onProxyRefused = (reason, info) => this.proxyRefusals.log(info.remoteAddress, reason);
+    this.#guard = startFrontDoorGuard(
+      () => deps.current().config,
+      this.#proxyProtocolFrom,
+      deps.metrics,
+      deps.log,
+    );
+  }
+
+  /** Opens every listener of `config`; the first that cannot listen is returned. */
+  openAll(config: Readonly<Config>): ListenProblem | undefined {
+    for (const entry of effectiveListeners(config.cm.listen, config.enableIpv6)) {
+      const p = this.openCm(entry);
+      if (p) return p;
+    }
+    for (const entry of effectiveListeners(config.cm.redirectListen, config.enableIpv6)) {
+      const p = this.openRedirect(entry);
+      if (p) return p;
+    }
+    return undefined;
+  }
+
+  /** The port the redirect sends clients to: the first HTTPS listener's. */
+  get httpsPort(): number {
+    return [...this.cm.values()][0]?.port ?? 443;
+  }
+
+  openCm(entry: string): ListenProblem | undefined {
+    const { config, pair } = this.#d.current();
+    const a = parseListen(entry)!;
+    try {
+      const s = startHttp1Server({
+        hostname: a.hostname,
+        port: a.port,
+        tls: serverTls({ chainPem: pair.chainPem, key: pair.key, suites: config.tls.ciphers }),
+        fetch: (req, info) => this.#d.cm.fetch(req, info),
+        limits: frontDoorLimits(config),
+        maxConnections: config.cm.maxConnections,
+        descriptors: this.#d.descriptors,
+        guard: this.#guard,
+        proxyProtocolFrom: this.#proxyProtocolFrom,
+        onRefused: this.#onProxyRefused,
+        onError: (err) => this.#d.log.error({ err: String(err) }, "front door: request handler failed"),
+      });
+      this.cm.set(entry, s);
+      return undefined;
+    } catch (e) {
+      return listenProblem("cm.listen", entry, e);
+    }
+  }
+
+  openRedirect(entry: string): ListenProblem | undefined {
+    const { config } = this.#d.current();
+    const { node, cm } = this.#d;
+    const a = parseListen(entry)!;
+    const current = this.#d.current;
+    const app = createRedirectApp({
+      httpsPort: this.httpsPort,
+      ready: () => !node.draining && cm.brokerReachable(),
+      get hostAddress() {
+        return current().config.hostAddress; // a reload's hostAddress applies to the next redirect
+      },
+      httpsHost: parseListen(effectiveListeners(config.cm.listen, config.enableIpv6)[0] ?? "")?.hostname,
+    });
+    try {
+      this.redirect.set(
+        entry,
+        startHttp1Server({
+          hostname: a.hostname,
+          port: a.port,
+          fetch: (req, info) => app.fetch(req, info),
+          limits: frontDoorLimits(config),
+          maxConnections: config.cm.maxConnections,
+          descriptors: this.#d.descriptors,
+          guard: this.#guard,
+          proxyProtocolFrom: this.#proxyProtocolFrom,
+          onRefused: this.#onProxyRefused,
+        }),
+      );
+      return undefined;
+    } catch (e) {
+      return listenProblem("cm.redirectListen", entry, e);
+    }
+  }
+
+  /** New TLS connections get `pair`; connections already open keep theirs. */
+  reloadTls(pair: CertificatePair, ciphers: readonly string[]): void {
+    for (const s of this.cm.values())
+      s.reloadTls(serverTls({ chainPem: pair.chainPem, key: pair.key, suites: ciphers }));
+  }
+
+  /** After a reload: listeners `next` adds are opened first, then those it drops stop accepting. */
+  swap(prev: Readonly<Config>, next: Readonly<Config>): void {
+    const opened = (key: string, e: string, p: ListenProblem | undefined) => {
+      if (p)
+        this.#d.log.error(
+          { what: p.what, cause: p.cause, fix: p.fix },
+          `reload: ${key}: could not listen on ${e}`,
+        );
+    };
+    swapListeners(this.cm, prev.cm.listen, next.cm.listen, prev.enableIpv6, next.enableIpv6, (e) =>
+      opened("cm.listen", e, this.openCm(e)),
+    );
+    swapListeners(
+      this.redirect,
+      prev.cm.redirectListen,
+      next.cm.redirectListen,
+      prev.enableIpv6,
+      next.enableIpv6,
+      (e) => opened("cm.redirectListen", e, this.openRedirect(e)),
+    );
+  }
+
+  stop(): void {
+    for (const s of this.cm.values()) s.stop({ closeActive: true });
+    for (const s of this.redirect.values()) s.stop({ closeActive: true });
+  }
+}
+
+function frontDoorLimits(c: Readonly<Config>) {
+  return {
+    maxBodyBytes: c.cm.bodyLimitBytes,
+    headerTimeoutMs: c.cm.headerTimeoutSeconds * 1000,
+    idleTimeoutMs: c.cm.idleTimeoutSeconds * 1000,
+  };
+}
+
+/** Opens the listeners `after` adds (first), then stops accepting on those it drops (their connections stay). */
+function swapListeners(
+  servers: Map<string, Http1Server>,
+  before: readonly string[],
+  after: readonly string[],
+  ipv6Before: boolean,
+  ipv6After: boolean,
+  open: (entry: string) => void,
+): void {
+  const want = effectiveListeners(after, ipv6After);
+  const had = effectiveListeners(before, ipv6Before);
+  for (const e of want.filter((x) => !had.includes(x))) open(e);
+  for (const e of had.filter((x) => !want.includes(x))) {
+    servers.get(e)?.stop();
+    servers.delete(e);
+  }
+}
+
+export function listenProblem(key: string, entry: string, e: unknown): ListenProblem {
+  const msg = e instanceof Error ? e.message : String(e);
+  const inUse = /in use|EADDRINUSE/i.test(msg);
+  const denied = /EACCES|permission/i.test(msg);
+  return {
+    what: `${key}: listening on ${entry}`,
+    cause: inUse ? "the address is already in use" : denied ? "permission denied" : msg,
+    fix: inUse
+      ? `stop what holds the port (ss -ltnp | grep ${entry.split(":").pop()}) or change ${key}`
+      : denied
+        ? "ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or root"
+        : `check that the address exists on this host, or change ${key}`,
+  };
+}
+
+/**
+ * Front-door connections refused before any HTTP byte (PROXY header missing, malformed or from a peer not in
+ * cm.proxyProtocolFrom): one warning per peer and reason per minute, so a misconfigured balancer is named in the
+ * log without a line per health check.
+ */
+function refusalLog(log: Logger) {
+  const last = new Map<string, number>();
+  let total = 0;
+  return {
+    get total() {
+      return total;
+    },
+    log(peer: string, reason: string) {
+      total++;
+      const key = `${peer} ${reason}`;
+      const now = Date.now();
+      if ((last.get(key) ?? 0) > now - 60_000) return;
+      if (last.size > 1000) last.clear();
+      last.set(key, now);
+      log.warn(
+        { peer, reason },
+        `front door: connection from ${peer} refused: ${reason}; fix: list the balancer's address in ` +
+          "cm.proxyProtocolFrom and send the header from it (HAProxy: send-proxy-v2), or from nowhere else",
+      );
+    },
+  };
+}
+
+/**
+ * The front door's per-IP connection cap (cm.maxConnectionsPerIp, live on reload; balancers exempt) and the
+ * metric of its refusals.
+ */
+function startFrontDoorGuard(
+  config: () => Readonly<Config>,
+  proxyProtocolFrom: TrustedProxies,
+  metrics: MetricsRegistry,
+  log: Logger,
+): ConnectionGuard {
+  let compiled: { from: readonly string[]; set: TrustedProxies } | undefined;
+  const trusted = (): TrustedProxies => {
+    const list = config().trustedProxies;
+    if (compiled?.from !== list) compiled = { from: list, set: compileTrustedProxies(list) };
+    return compiled.set;
+  };
+  const guard = createConnectionGuard({
+    maxPerIp: () => config().cm.maxConnectionsPerIp,
+    exempt: (ip) => proxyProtocolFrom.has(ip) || trusted().has(ip),
+    log,
+  });
+  metrics.add(() => [
+    {
+      name: "pcoip_cm_connection_refusals_total",
+      help: "CM/port-80 connections closed at accept, by reason (per_ip, max_connections, descriptors).",
+      type: "counter",
+      samples: Object.entries(guard.refusals).map(([reason, value]) => ({ labels: { reason }, value })),
+    },
+  ]);
+  return guard;
+}
