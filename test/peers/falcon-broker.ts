@@ -497,3 +497,38 @@ function privateCaLeaf(): { cert: string; key: string; ca: string; caFile: strin
     caFile: f("falcon-ca.pem"),
   };
 }
+
+if (import.meta.main) {
+  // Demo: bun test/peers/falcon-broker.ts --user alice:pw --desktop "CAD 1=127.0.0.1:60443" [--private-ca]
+  //       (prints its URL and CA file, then one JSON line per request; never bodies)
+  const args = process.argv.slice(2);
+  const all = (name: string) =>
+    args.flatMap((a, i) => (a === `--${name}` && args[i + 1] ? [args[i + 1]!] : []));
+  const desktops = all("desktop").map((d) => {
+    const [name = d, at = "127.0.0.1:60443"] = d.split("=");
+    const [agentHost = "127.0.0.1", port = "60443"] = at.split(":");
+    return { name, agentHost, agentPort: Number(port) };
+  });
+  const users = Object.fromEntries(
+    all("user").map((u) => {
+      const [name = u, password = ""] = u.split(":");
+      return [name, { password, desktops }];
+    }),
+  );
+  const broker = await startFalconBroker({
+    users,
+    ...(args.includes("--private-ca") ? { certificate: "private-ca" as const } : {}),
+  });
+  const print = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
+  print({ event: "ready", url: broker.url, caFile: broker.caCertFile });
+  let seen = 0;
+  const timer = setInterval(() => {
+    for (const r of broker.requests.slice(seen))
+      print({ event: "request", ...r, cookie: r.cookie ? "set" : null });
+    seen = broker.requests.length;
+  }, 200);
+  process.on("SIGTERM", () => {
+    clearInterval(timer);
+    broker.close().then(() => process.exit(0));
+  });
+}
