@@ -18,7 +18,7 @@ import type {
 } from "../protocol/types.ts";
 import type { AuthenticateOutcome, Broker, ConversationContext } from "./brokers/broker.ts";
 import type { CmCounters } from "./counters.ts";
-import { type EstablishDeps, type EstablishmentSlots, establish } from "./establish.ts";
+import { type EstablishDeps, type EstablishmentSlots, establish, SHUTTING_DOWN } from "./establish.ts";
 import {
   type Effect,
   plan,
@@ -262,6 +262,19 @@ export class Conversations {
   async #authenticate(s: Session, msg: Authenticate): Promise<Settled> {
     const { throttle, counters } = this.#d;
     const method = msg.method || "password";
+    // A draining node takes no new sign-ins (pcoip-cmsg drain, SIGTERM): its allocations are refused anyway, so the
+    // user is told at once, before a password check or a broker call, and reconnects through the balancer.
+    if (this.#d.establish.drain.draining) {
+      s.log.info(
+        { reason: "draining" },
+        "sign-in refused: this node is draining (shutting down or out of rotation)",
+      );
+      this.#d.journal?.failed(s.logId, "auth", "the node is draining");
+      return {
+        reply: { op: "authenticate-resp", method, result: result("AUTH_FAILED_BROKER_ERROR", SHUTTING_DOWN) },
+        effects: [],
+      };
+    }
     const verdict = throttle.admit(s.clientIp, msg.username, this.#now());
     if (verdict.kind === "refuse") {
       counters.loginsThrottled++;

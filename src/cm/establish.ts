@@ -66,6 +66,9 @@ export interface EstablishDeps {
   readonly clock: CmClock;
 }
 
+/** What a draining node tells a client it refuses (sign-in and allocation). */
+export const SHUTTING_DOWN = "The server is shutting down; please connect again";
+
 /** Bounds password checks and allocations in flight (cm.maxConcurrentEstablishments). */
 export class EstablishmentSlots {
   readonly #limit: number;
@@ -125,7 +128,7 @@ export async function establish(
       "allocating: refused, this node is draining (shutting down or upgrading)",
     );
     d.journal?.failed(s.logId, "allocate", "the node is draining");
-    return fail("ALLOC_FAILED_SERVER_BUSY", "The server is shutting down; please connect again").resp;
+    return fail("ALLOC_FAILED_SERVER_BUSY", SHUTTING_DOWN).resp;
   }
   const a = await s.conversation.allocateResource(msg);
   if (a.kind === "refused") {

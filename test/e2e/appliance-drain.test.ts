@@ -1,6 +1,6 @@
 // Claim: SIGTERM drains. From the signal on, the load balancer's GET /pcoip-broker/xml answers 503 (HTTPS and
-// plain HTTP), /readyz says draining, and a new allocation fails with a clear result and a log line saying why —
-// while the live session's TCP relay and UDP flow keep carrying bytes. The process exits 0 as soon as the last
+// plain HTTP), /readyz says draining, a new sign-in and an allocation fail with "shutting down" and a log line
+// saying why — while the live session's TCP relay and UDP flow keep carrying bytes. The process exits 0 as soon as the last
 // session ends, or when drainSeconds runs out, cutting what is left.
 import { afterEach, describe, expect, test } from "bun:test";
 import type { ControlClient } from "../peers/agent-endpoint.ts";
@@ -62,6 +62,13 @@ describe("SIGTERM with a live session", () => {
       PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0",
     });
     expect((await cmGet(app, "/pcoip-broker/xml")).status).toBe(200);
+    const early = cmClient(app);
+    closers.push(() => early.close());
+    await early.hello();
+    expect((await early.authenticate("alice", "correct horse")).resultId).toBe(
+      "AUTH_SUCCESSFUL_AND_COMPLETE",
+    );
+    expect((await early.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
     const flow = keepFlowing(control, udp);
     closers.push(() => flow.stop());
 
@@ -77,16 +84,18 @@ describe("SIGTERM with a live session", () => {
     expect(ready.status).toBe(503);
     expect(await ready.text()).toMatch(/^FAIL draining/m);
 
-    // A new client gets a clear failure at allocation, and the log says it is the drain.
+    // A client signed in before the signal gets a clear failure at allocation; a new one at sign-in (no password
+    // check); the log says it is the drain.
+    const alloc = await early.allocate("desktop-1");
+    expect(alloc.resultId).toMatch(/^ALLOC_FAILED/);
+    expect(alloc.resultStr).toContain("shutting down");
+    expect(alloc.body).not.toContain("<connect-tag>");
     const c = cmClient(app);
     closers.push(() => c.close());
     expect((await c.hello()).operation).toBe("hello-resp");
-    expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
-    expect((await c.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
-    const alloc = await c.allocate("desktop-1");
-    expect(alloc.resultId).toMatch(/^ALLOC_FAILED/);
-    expect(alloc.resultStr).not.toBe("");
-    expect(alloc.body).not.toContain("<connect-tag>");
+    const auth = await c.authenticate("alice", "correct horse");
+    expect(auth.resultId).toBe("AUTH_FAILED_BROKER_ERROR");
+    expect(auth.resultStr).toContain("shutting down");
     await app.waitForLog((l) => l.reason === "draining" && l.sessionId !== sessionId, 5000);
 
     // The live session is untouched: every tick before, during and after the signal came back.
