@@ -211,3 +211,103 @@ export class OverlayRoot {
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * A minimal Debian 12 booted with systemd as PID 1 on an overlay of the cached root, in new PID, mount, UTS, IPC,
+ * network and cgroup namespaces (each cgroup hierarchy gets a fresh child group first, so the guest's systemd
+ * manages its own subtree and nothing of this machine's). systemd-nspawn does not work here; this does.
+ */
+export class BootedSystem {
+  private constructor(
+    readonly root: OverlayRoot,
+    private readonly launcher: ReturnType<typeof Bun.spawn>,
+    readonly pid1: number,
+    private readonly cgroupName: string,
+  ) {}
+
+  static async boot(root: OverlayRoot): Promise<BootedSystem> {
+    const cgroupName = `pkg-boot-${Math.random().toString(36).slice(2, 10)}`;
+    const script = `set -e
+lines=$(cat /proc/self/cgroup)
+echo "$lines" | while IFS=: read -r id ctrl path; do
+  case "$ctrl" in cpuset) continue ;; "") d=/sys/fs/cgroup/unified ;; *) d=/sys/fs/cgroup/\${ctrl#name=} ;; esac
+  [ -d "$d$path" ] || continue
+  mkdir -p "$d$path/${cgroupName}" && echo $$ >"$d$path/${cgroupName}/cgroup.procs" || true
+done
+exec unshare --pid --fork --mount --uts --ipc --net --cgroup sh -c 'mount --make-rprivate / && exec chroot "${root.merged}" /usr/bin/env -i container=pcoip-cmsg-test /lib/systemd/systemd --system'`;
+    const launcher = Bun.spawn(["sh", "-c", script], {
+      stdin: "ignore",
+      stdout: "ignore",
+      stderr: "pipe",
+      env: cleanEnv(),
+    });
+    let pid1 = 0;
+    for (let i = 0; i < 100 && pid1 === 0; i++) {
+      await Bun.sleep(100);
+      try {
+        pid1 =
+          Number(
+            readFileSync(`/proc/${launcher.pid}/task/${launcher.pid}/children`, "utf8").trim().split(" ")[0],
+          ) || 0;
+      } catch {
+        break;
+      }
+    }
+    const booted = new BootedSystem(root, launcher, pid1, cgroupName);
+    if (pid1 === 0) {
+      await booted.shutdown();
+      throw new Error(
+        `systemd did not start in the namespaces: ${await new Response(launcher.stderr as ReadableStream).text()}`,
+      );
+    }
+    // Wait until the system has finished booting (running or degraded).
+    for (let i = 0; i < 150; i++) {
+      const r = await booted.exec(["systemctl", "is-system-running"]);
+      if (/^(running|degraded)/.test(r.out)) return booted;
+      await Bun.sleep(200);
+    }
+    await booted.shutdown();
+    throw new Error("the booted system did not reach running within 30 s");
+  }
+
+  /** Runs a command inside the booted system (its namespaces and root). */
+  exec(argv: string[], timeoutMs = 120_000): Promise<Ran> {
+    return sh(
+      [
+        "nsenter",
+        "-t",
+        String(this.pid1),
+        "-m",
+        "-p",
+        "-u",
+        "-i",
+        "-n",
+        "-r",
+        "-w",
+        "/usr/bin/env",
+        "-i",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG=C.UTF-8",
+        ...argv,
+      ],
+      { timeoutMs },
+    );
+  }
+
+  /** Kills PID 1 (and so the whole PID namespace), then removes the cgroups it made. */
+  async shutdown(): Promise<void> {
+    if (this.pid1 > 0) {
+      try {
+        process.kill(this.pid1, "SIGKILL");
+      } catch {}
+    }
+    this.launcher.kill("SIGKILL");
+    await this.launcher.exited;
+    await Bun.sleep(300);
+    await sh([
+      "sh",
+      "-c",
+      `for d in /sys/fs/cgroup/*/; do find "$d" -depth -type d -path "*/${this.cgroupName}*" -exec rmdir {} + 2>/dev/null; done; true`,
+    ]);
+  }
+}
