@@ -1,7 +1,8 @@
 /**
  * `pcoip-cmsg create-darksite-bundle`: everything an offline host needs in one pcoip-cmsg-bundle.tar.gz — the
  * binary, the x64-baseline binary when one is beside it, the systemd unit, the example config, README.txt and
- * SHA256SUMS (`sha256sum -c` format, so the sums can be checked by hand too). `openBundle` is the other half,
+ * SHA256SUMS (`sha256sum -c` format, so the sums can be checked by hand too) — and, with the vendor's
+ * `--pcoip-cmsg-rpm-path`, the RPM, which `install` then installs at the dark site. `openBundle` is the other half,
  * used by `install --darksite-bundle-path`: it takes the archive or its extracted folder and refuses any file
  * whose sum does not match, naming it.
  */
@@ -31,6 +32,7 @@ import { BASELINE_BINARY_NAME, BINARY_NAME } from "../platform/paths.ts";
 import { PRODUCT_NAME, VERSION } from "../version.ts";
 import { type FlagSpec, flagString, formatFlags, parseArgs } from "./args.ts";
 import type { CliIo, CommandMain } from "./io.ts";
+import { stripDockerFlags } from "./vendor-flags.ts";
 
 /** The unit and example config this binary was built with (text imports: embedded in the executable). */
 export const EMBEDDED_UNIT: string = unitText;
@@ -89,7 +91,39 @@ export async function binaryVersion(run: CommandRunner, file: string): Promise<s
   return m?.[1];
 }
 
-function readme(version: string, baseline: boolean): string {
+/** An RPM file starts with these four bytes (the lead's magic). */
+const RPM_MAGIC = Buffer.from([0xed, 0xab, 0xee, 0xdb]);
+
+/** Why `file` is not an RPM of this product, or undefined when it is one. */
+export function notOurRpm(file: string): string | undefined {
+  if (!existsSync(file) || !statSync(file).isFile()) return "no such file";
+  if (!/^pcoip-cmsg-[^/]*\.rpm$/.test(basename(file)))
+    return "the name is not pcoip-cmsg-<version>-<release>.<arch>.rpm (as npm run package names it)";
+  const head = readFileSync(file).subarray(0, 4);
+  if (!head.equals(RPM_MAGIC)) return "not an RPM file (its first bytes are not the RPM lead)";
+  return undefined;
+}
+
+function readme(version: string, baseline: boolean, rpm: string | undefined): string {
+  if (rpm)
+    return `pcoip-cmsg ${version} — offline installation bundle with the RPM
+
+Contents
+  ${rpm.padEnd(40)}the package (dnf/rpm install, upgrade, downgrade, remove)
+  ${BINARY_NAME.padEnd(40)}the same executable, for hosts without rpm
+  ${SUMS_FILE.padEnd(40)}SHA-256 of every file (check by hand: sha256sum -c ${SUMS_FILE})
+
+Install at the dark site (as root, no network needed), the vendor's way:
+  tar -xzf ${BUNDLE_FILE}
+  dnf install --disablerepo='*' ./${BUNDLE_DIR}/${rpm}
+  pcoip-cmsg-setup install --darksite-bundle-path ./${BUNDLE_DIR} \\
+      --accept-policies --external-pcoip-ip PUBLIC_IP --host-address cm.example.net --self-signed
+or in one step (install runs rpm -U for the package, then configures and starts the service):
+  ./${BUNDLE_DIR}/${BINARY_NAME} install --darksite-bundle-path ./${BUNDLE_DIR} --accept-policies …
+
+Upgrade or downgrade: the same commands with the other bundle (dnf upgrade / dnf downgrade with --disablerepo='*'
+for the RPM). Configuration, users and certificates are kept; live sessions are drained first.
+`;
   return `pcoip-cmsg ${version} — offline installation bundle
 
 Contents
@@ -117,6 +151,8 @@ export interface CreateBundleOptions {
   readonly baseline?: string;
   readonly output: string;
   readonly version: string;
+  /** The RPM to carry (the vendor's --pcoip-cmsg-rpm-path). */
+  readonly rpm?: string;
 }
 
 /** Writes the archive through a temporary file; returns the files it holds. */
@@ -133,9 +169,10 @@ export async function createBundle(
       ...(o.baseline
         ? [[BASELINE_BINARY_NAME, readFileSync(o.baseline), 0o755] as [string, Uint8Array, number]]
         : []),
+      ...(o.rpm ? [[basename(o.rpm), readFileSync(o.rpm), 0o644] as [string, Uint8Array, number]] : []),
       [UNIT_FILE, EMBEDDED_UNIT, 0o644],
       [EXAMPLE_FILE, EMBEDDED_EXAMPLE_CONFIG, 0o644],
-      ["README.txt", readme(o.version, o.baseline !== undefined), 0o644],
+      ["README.txt", readme(o.version, o.baseline !== undefined, o.rpm ? basename(o.rpm) : undefined), 0o644],
       ["VERSION", `${o.version}\n`, 0o644],
     ];
     for (const [name, data, mode] of files) writeFileSync(join(dir, name), data, { mode });
@@ -167,6 +204,8 @@ export interface OpenedBundle {
   readonly binary: string;
   readonly baseline: string | undefined;
   readonly unitText: string;
+  /** The RPM the bundle carries (create-darksite-bundle --pcoip-cmsg-rpm-path), installed by `install`. */
+  readonly rpm: string | undefined;
   close(): void;
 }
 
@@ -263,6 +302,7 @@ export async function openBundle(
       binary: join(dir, BINARY_NAME),
       baseline: listed.has(BASELINE_BINARY_NAME) ? join(dir, BASELINE_BINARY_NAME) : undefined,
       unitText: readFileSync(join(dir, UNIT_FILE), "utf8"),
+      rpm: [...listed.keys()].filter((n) => /^pcoip-cmsg-.*\.rpm$/.test(n)).map((n) => join(dir, n))[0],
       close,
     },
   };
@@ -296,10 +336,16 @@ const FLAGS: FlagSpec[] = [
     value: "FILE",
     help: `the x64-baseline executable (default: ${BASELINE_BINARY_NAME} beside the binary, when present)`,
   },
+  {
+    name: "pcoip-cmsg-rpm-path",
+    kind: "string",
+    value: "FILE",
+    help: "the vendor's flag: carry this RPM (dist/pcoip-cmsg-*.rpm); install at the dark site installs it",
+  },
   { name: "help", kind: "boolean", help: "this text" },
 ];
 
-const HELP = `Usage: ${PRODUCT_NAME} create-darksite-bundle [--output FILE]
+const HELP = `Usage: ${PRODUCT_NAME} create-darksite-bundle [--output FILE] [--pcoip-cmsg-rpm-path FILE]
 
 Writes ${BUNDLE_FILE}: the executable, the x64-baseline executable when present beside it, the systemd unit, the
 example configuration, README.txt and ${SUMS_FILE}. Copy it to the offline host and run
@@ -312,7 +358,9 @@ ${formatFlags(FLAGS)}
 export const bundleCommand: CommandMain = (argv, io) => runBundle(argv, io, runCommand);
 
 export async function runBundle(argv: string[], io: CliIo, run: CommandRunner): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
+  const stripped = stripDockerFlags(argv);
+  for (const n of stripped.notes) io.stderr(`${PRODUCT_NAME} create-darksite-bundle: ${n}\n`);
+  const parsed = parseArgs(stripped.argv, FLAGS);
   if (!parsed.ok) {
     io.stderr(`${PRODUCT_NAME} create-darksite-bundle: ${parsed.error}\n\n${HELP}`);
     return 2;
@@ -336,8 +384,19 @@ export async function runBundle(argv: string[], io: CliIo, run: CommandRunner): 
   const version = (await binaryVersion(run, bin.file)) ?? "unknown";
   if (version === "unknown")
     io.stderr(`  ! warning: ${bin.file} --version did not answer; the bundle's VERSION says "unknown"\n`);
+  const rpm = flagString(parsed.args, "pcoip-cmsg-rpm-path");
+  const rpmProblem = rpm === undefined ? undefined : notOurRpm(rpm);
+  if (rpm !== undefined && rpmProblem) {
+    io.stderr(
+      `${PRODUCT_NAME} create-darksite-bundle: --pcoip-cmsg-rpm-path ${rpm}: ${rpmProblem}\n  fix: give the RPM that npm run package wrote (dist/pcoip-cmsg-<version>-<release>.x86_64.rpm)\n`,
+    );
+    return 1;
+  }
   const output = flagString(parsed.args, "output") ?? BUNDLE_FILE;
-  const r = await createBundle({ binary: bin.file, ...(baseline ? { baseline } : {}), output, version }, run);
+  const r = await createBundle(
+    { binary: bin.file, ...(baseline ? { baseline } : {}), ...(rpm ? { rpm } : {}), output, version },
+    run,
+  );
   if (!r.ok) {
     io.stderr(`${PRODUCT_NAME} create-darksite-bundle: ${formatProblem(r.error)}`);
     return 1;

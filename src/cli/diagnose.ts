@@ -28,6 +28,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { checkDirectory, type LdapOptions } from "../cm/auth/ldap.ts";
+import { noDesktopsAdvice } from "../config/advice.ts";
 import { loadConfig } from "../config/load.ts";
 import { type Config, parseListen } from "../config/schema.ts";
 import { openTunnel } from "../net/https-proxy.ts";
@@ -546,8 +547,13 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
     else add("INFO", "trusted CA", trust.notes.join("; "));
   }
 
-  // The upstream broker.
+  // The upstream broker, or the built-in one's desktops.
   if (config?.brokerUrl) await checkBroker(config, layout, proxyEnv, o.timeoutMs, add);
+  const noDesktops = config ? noDesktopsAdvice(config) : undefined;
+  if (noDesktops) {
+    const [what, fix] = noDesktops.split(". Add ");
+    add("WARN", "desktops", what!, `add ${fix}`);
+  }
 
   // Agents: configured desktops and --agent.
   const agents = [...new Set([...(config?.desktops ?? []).map((d) => d.agent), ...o.agents])];

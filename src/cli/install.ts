@@ -12,7 +12,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { isIP } from "node:net";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { noDesktopsAdvice } from "../config/advice.ts";
 import { loadConfig } from "../config/load.ts";
 import { type Config, effectiveListeners, parseListen } from "../config/schema.ts";
@@ -275,6 +275,7 @@ export async function runInstall(argv: string[], io: CliIo, deps: InstallDeps): 
       configOnly,
       serviceActive,
       packaged,
+      bundleRpm: bundle?.rpm,
     });
   } finally {
     bundle?.close();
@@ -452,12 +453,15 @@ interface CarryOut {
   readonly serviceActive: boolean;
   /** The package manager owns the executable, unit and sysctl.d file: only configuration and service here. */
   readonly packaged: "rpm" | "deb" | undefined;
+  /** The RPM a dark-site bundle carries: installed with rpm where rpm exists, instead of copying the binary. */
+  readonly bundleRpm: string | undefined;
 }
 
-async function carryOut(c: CarryOut): Promise<number> {
-  const { layout, deps, report, io } = c;
+async function carryOut(given: CarryOut): Promise<number> {
+  const { layout, deps, report, io } = given;
   const h = layout.host;
   const problems: Problem[] = [];
+  const c = given.bundleRpm ? await installBundleRpm(given, given.bundleRpm, problems) : given;
 
   // 1. The service account: files are chowned to it.
   let owner: Ownership | undefined;
@@ -489,6 +493,47 @@ async function carryOut(c: CarryOut): Promise<number> {
       : { unitChanged: false, upgrade: false };
   if ("problem" in placed) return stop(io, placed.problem);
   return await serviceSteps(c, placed, problems);
+}
+
+/**
+ * The bundle's RPM (vendor: create-darksite-bundle --pcoip-cmsg-rpm-path), installed, upgraded or downgraded with
+ * `rpm -U --oldpackage` — no repository needed at the dark site. From then on the package owns the executable and
+ * the unit. Where rpm is missing (a Debian host) the bundle's executable is installed as usual.
+ */
+async function installBundleRpm(c: CarryOut, rpm: string, problems: Problem[]): Promise<CarryOut> {
+  const { layout, deps, report } = c;
+  if (layout.staged) {
+    report.would(commandLine("rpm", ["-U", "--oldpackage", "--replacepkgs", rpm]));
+    return c;
+  }
+  const has = await deps.run("rpm", ["--version"]);
+  if (!has.ok) {
+    report.note(`this host has no rpm: the bundle's executable is installed instead of ${basename(rpm)}`);
+    return c;
+  }
+  const qf = ["--qf", "%{VERSION}-%{RELEASE}"];
+  const installed = await deps.run("rpm", ["-q", ...qf, PRODUCT_NAME]);
+  const carried = await deps.run("rpm", ["-qp", ...qf, rpm]);
+  if (installed.ok && carried.ok && installed.stdout.trim() === carried.stdout.trim()) {
+    report.note(`${PRODUCT_NAME} ${installed.stdout.trim()} (the bundle's RPM) is installed already; kept`);
+    return { ...c, packaged: "rpm", source: undefined };
+  }
+  const args = ["-U", "--oldpackage", "--replacepkgs", rpm];
+  const r = await deps.run("rpm", args, { timeoutMs: 900_000 });
+  if (!r.ok) {
+    problems.push(
+      commandProblem(
+        "rpm",
+        args,
+        r,
+        `install it by hand: dnf install --disablerepo='*' ${rpm}, then run install again`,
+      ),
+    );
+    report.warn(`${commandLine("rpm", args)} failed; installing the bundle's executable instead`);
+    return c;
+  }
+  report.done(`${commandLine("rpm", args)}: the package now owns the executable and the unit`);
+  return { ...c, packaged: "rpm", source: undefined };
 }
 
 /** Steps 3–5 of a copy-and-run install: drain, the executable (rollback copy kept), the unit and sysctl.d. */

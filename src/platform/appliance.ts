@@ -6,7 +6,9 @@
  * for new sessions while live relays keep running; a change that cannot be applied live is refused whole
  * ("needs restart: KEY") and the previous configuration stays.
  */
+
 import { isIP } from "node:net";
+import { noDesktopsAdvice } from "../config/advice.ts";
 import type { Config } from "../config/schema.ts";
 import { isLoopbackHost, parseListen } from "../config/schema.ts";
 import { ipFamily } from "../net/client-address.ts";
@@ -216,7 +218,7 @@ export async function startAppliance(
     proxyRefusals: () => doors.proxyRefusals.total,
   });
 
-  const readiness = () => readinessChecks(doors.cm.size > 0, node, pair, cm, sg);
+  const readiness = () => readinessChecks(doors.cm.size > 0, node, pair, cm, sg, current);
   const sessionsView = () => sessionsOf(cm, sg);
 
   const appliance: Appliance = {
@@ -363,6 +365,7 @@ async function readinessChecks(
   pair: CertificatePair,
   cm: CmPlane,
   sg: SgPlane | undefined,
+  config: Readonly<Config>,
 ): Promise<ReadinessCheck[]> {
   const valid = pair.notAfter.getTime() > Date.now();
   const checks: ReadinessCheck[] = [
@@ -382,6 +385,9 @@ async function readinessChecks(
       ok: true,
       detail: `${sg.udpRelay.path} (${sg.udpRelay.pathReason})`,
     });
+  // Ready (a balancer taking the node out fixes nothing), but the detail says what is missing.
+  const advice = noDesktopsAdvice(config);
+  if (advice) checks.push({ name: "desktops", ok: true, detail: `warning: ${advice}` });
   return checks;
 }
 

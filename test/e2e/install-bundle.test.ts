@@ -248,4 +248,80 @@ describe("dark-site bundle", () => {
     expect(readFileSync(installLayout(stage).disk.binary, "utf8")).toContain("fake baseline");
     expect(io.out).toContain("no AVX2");
   }, 60_000);
+
+  // Claim: the vendor's --pcoip-cmsg-rpm-path puts that RPM in the bundle (summed, explained in README.txt), and
+  // install at the dark site installs it with rpm instead of copying the executable.
+  test("create-darksite-bundle --pcoip-cmsg-rpm-path carries the RPM; install installs it", async () => {
+    const rpm = join(work, "pcoip-cmsg-1.0.0-1.x86_64.rpm");
+    writeFileSync(
+      rpm,
+      Buffer.concat([Buffer.from([0xed, 0xab, 0xee, 0xdb]), Buffer.from("stand-in payload")]),
+    );
+    const out = join(work, "bundle-rpm.tar.gz");
+    const io = capture();
+    const code = await runBundle(
+      [
+        "--binary",
+        fakeBuild("1.0.0", false),
+        "--pcoip-cmsg-rpm-path",
+        rpm,
+        "--docker-registry",
+        "x",
+        "--output",
+        out,
+      ],
+      io,
+      run,
+    );
+    expect(code).toBe(0);
+    expect(io.err).toContain("--docker-registry: not needed");
+    const dir = extract(out, join(work, "x-rpm"));
+    expect(readFileSync(join(dir, "pcoip-cmsg-1.0.0-1.x86_64.rpm"))).toEqual(readFileSync(rpm));
+    expect(readFileSync(join(dir, "SHA256SUMS"), "utf8")).toContain("  pcoip-cmsg-1.0.0-1.x86_64.rpm\n");
+    expect(readFileSync(join(dir, "README.txt"), "utf8")).toContain(
+      "dnf install --disablerepo='*' ./pcoip-cmsg-bundle/pcoip-cmsg-1.0.0-1.x86_64.rpm",
+    );
+    const stage = join(work, "stage-rpm");
+    const inst = capture();
+    const installed = await runInstall(
+      [
+        "--root",
+        stage,
+        "--darksite-bundle-path",
+        out,
+        "--accept-policies",
+        "--external-pcoip-ip",
+        "203.0.113.7",
+        "--self-signed",
+        "--ignore-disk-req",
+      ],
+      inst,
+      deps,
+    );
+    expect(installed).toBe(0);
+    expect(inst.out).toMatch(
+      /staged, not run here: rpm -U --oldpackage --replacepkgs \S+\/pcoip-cmsg-1\.0\.0-1\.x86_64\.rpm/,
+    );
+  }, 60_000);
+
+  test("--pcoip-cmsg-rpm-path refuses a file that is not our RPM", async () => {
+    const bogus = join(work, "pcoip-cmsg-9.rpm");
+    writeFileSync(bogus, "not an rpm");
+    const io = capture();
+    const code = await runBundle(
+      [
+        "--binary",
+        fakeBuild("1.0.0", false),
+        "--pcoip-cmsg-rpm-path",
+        bogus,
+        "--output",
+        join(work, "no.tar.gz"),
+      ],
+      io,
+      run,
+    );
+    expect(code).toBe(1);
+    expect(io.err).toContain("not an RPM file");
+    expect(existsSync(join(work, "no.tar.gz"))).toBe(false);
+  });
 });

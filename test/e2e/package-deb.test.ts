@@ -141,14 +141,14 @@ describe.skipIf(skip !== undefined)("deb", () => {
     expect(await state()).toBe("active");
     expect(await mainPid()).not.toBe(pidRunning);
     expect(readFileSync(cfg, "utf8")).toMatch(/^logLevel = "debug"$/m);
-    expect(await ok(["dpkg-query", "-W", "-f=${Version}", "pcoip-cmsg"])).toBe(`${VERSION}-2`);
+    expect(await ok(["dpkg-query", "-W", "pcoip-cmsg"])).toBe(`pcoip-cmsg\t${VERSION}-2\n`);
     const log = readFileSync(join(root!.merged, "var/log/pcoip-cmsg/install.log"), "utf8");
     expect(log).toMatch(/try-restart: (done|note): .*no live sessions/);
     expect(log).toContain("try-restart: done: restarted pcoip-cmsg");
 
     // Downgrade to the older release: config kept, still running.
     await ok(["dpkg", "-i", `/root/${basename(deb1)}`], 170_000);
-    expect(await ok(["dpkg-query", "-W", "-f=${Version}", "pcoip-cmsg"])).toBe(`${VERSION}-1`);
+    expect(await ok(["dpkg-query", "-W", "pcoip-cmsg"])).toBe(`pcoip-cmsg\t${VERSION}-1\n`);
     expect(readFileSync(cfg, "utf8")).toMatch(/^logLevel = "debug"$/m);
     expect(await state()).toBe("active");
 
