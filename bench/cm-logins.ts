@@ -280,6 +280,9 @@ async function quickCpuPerLogin(
   try {
     const fast: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...LOGIN_USER, resourceId: "fast" };
     await runLogins(fast, { concurrency: 8, seconds: 1.5 });
+    const lines0 = cm.child.lines().length;
+    const logins0 = (await runLogins(fast, { concurrency: 8, seconds: 1 })).completed;
+    detail(`CM log lines per login: ${fmt((cm.child.lines().length - lines0) / Math.max(1, logins0))}`);
     for (let i = 0; i < 3; i++) {
       const f = await measured({ cm: cm.pid, ...agents }, () =>
         runLogins(fast, { concurrency: IN_FLIGHT, seconds: SECONDS }),

@@ -3,8 +3,9 @@
  * with the user's logon, the client's identity, the license path and the session id, one connection per call.
  *
  * Never through a proxy. Bun's fetch sends every HTTPS request through HTTPS_PROXY when that is set, and agents
- * sit on the LAN behind it; so this client opens its own socket with node:tls (which knows nothing of proxy
- * variables) and speaks HTTP/1.1 with the broker leg's hand-written client (brokers/upstream-http.ts).
+ * sit on the LAN behind it; so this client opens its own socket with Bun.connect (agent-socket.ts, which knows
+ * nothing of proxy variables and costs less CPU than node:tls) and speaks HTTP/1.1 with the broker leg's
+ * hand-written client (brokers/upstream-http.ts). The agent's TLS session is kept for the next call to it.
  *
  * Certificates: agents ship self-signed ones, so checking is off unless `verify` (config `agentCertCheck`);
  * then the chain must lead to `ca` and the certificate must name the desktop's host name.
@@ -14,12 +15,14 @@
  * agent's own refusal) and the fix. The password is in the request body only; nothing here logs.
  */
 import { isIP } from "node:net";
-import { checkServerIdentity, type TLSSocket, connect as tlsConnect } from "node:tls";
+import type { Duplex } from "node:stream";
+import { checkServerIdentity } from "node:tls";
 import type { Logger } from "../observability/log.ts";
 import { buildLaunchSession, parseLaunchSessionResp, WINDOWS_PASSWORD_LOGON } from "../protocol/agent.ts";
 import { result, VENDOR_TEXT } from "../protocol/results.ts";
 import type { Result, SessionInfo } from "../protocol/types.ts";
 import { clientTls } from "../tls/policy.ts";
+import { type AgentSocket, connectAgent } from "./agent-socket.ts";
 import type { AgentAddress } from "./brokers/broker.ts";
 import { createHttpConnection } from "./brokers/upstream-http.ts";
 import { createTlsSessionCache, type TlsSessionCache } from "./tls-sessions.ts";
@@ -129,7 +132,8 @@ export function createAgentClient(options: AgentClientOptions = {}): AgentClient
     const connected = await open(agent, where, tls, verify, timeoutMs, sessions);
     if ("kind" in connected) return connected;
     if (connected.socket.isSessionReused()) counters.tlsResumed++;
-    const conn = createHttpConnection(connected.socket);
+    // The HTTP client reads a stream's on/write/destroy only, which AgentSocket provides (agent-socket.ts).
+    const conn = createHttpConnection(connected.socket as unknown as Duplex);
     try {
       const body = buildLaunchSession({
         sessionType: "UNSPECIFIED",
@@ -174,6 +178,8 @@ export function createAgentClient(options: AgentClientOptions = {}): AgentClient
           "check that the address is a PCoIP agent (port 60443, path /pcoip-agent/xml) and see its log",
         );
       }
+      const session = connected.socket.getSession();
+      if (session) sessions?.keep(connected.sessionKey, session);
       return interpret(where, r.response.body);
     } finally {
       conn.close();
@@ -211,61 +217,51 @@ export function createAgentClient(options: AgentClientOptions = {}): AgentClient
 }
 
 /**
- * Opens the TLS connection, or says why not. With `sessions`, the agent's last session is offered (resumption)
- * and the new one kept once the connection is accepted (judged, when `verify`).
+ * Opens the TLS connection, or says why not. With `sessions`, the agent's last session is offered (resumption);
+ * the caller keeps the new one once the exchange is done (TLS 1.3 sends it after the handshake).
  */
-function open(
+async function open(
   agent: AgentAddress,
   where: string,
   tls: ReturnType<typeof clientTls>,
   verify: boolean,
   timeoutMs: number,
   sessions: TlsSessionCache | undefined,
-): Promise<{ socket: TLSSocket } | AgentFailure> {
-  return new Promise((resolve) => {
-    let settled = false;
-    const servername = isIP(agent.host) === 0 ? agent.host : undefined;
-    const sessionKey = `${agent.host}|${agent.port}|${servername ?? ""}`;
-    const session = sessions?.get(sessionKey);
-    const socket = tlsConnect({
-      host: agent.host,
-      port: agent.port,
-      ...(servername ? { servername } : {}),
-      ...(tls.ca ? { ca: tls.ca } : {}),
-      ...(session ? { session } : {}),
-      ciphers: tls.ciphers,
-      minVersion: "TLSv1.2",
-      // Judged below, so that a refusal can name the rule.
-      rejectUnauthorized: false,
-    });
-    const watched = sessions?.watch(sessionKey, socket);
-    const finish = (r: { socket: TLSSocket } | AgentFailure) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if ("kind" in r) {
-        sessions?.drop(sessionKey);
-        socket.destroy();
-      } else watched?.accept();
-      resolve(r);
-    };
-    const timer = setTimeout(() => finish(timeoutFailure(where, timeoutMs, "connecting")), timeoutMs);
-    socket.on("error", (e: Error & { code?: string }) => finish(socketFailure(e, where)));
-    socket.once("secureConnect", () => {
-      if (verify) {
-        const bad = judge(socket, agent, where);
-        if (bad) return finish(bad);
-      }
-      finish({ socket });
-    });
+): Promise<{ socket: AgentSocket; sessionKey: string } | AgentFailure> {
+  const serverName = isIP(agent.host) === 0 ? agent.host : undefined;
+  const sessionKey = `${agent.host}|${agent.port}|${serverName ?? ""}`;
+  const { result, socket } = connectAgent({
+    host: agent.host,
+    port: agent.port,
+    serverName,
+    tls,
+    session: sessions?.get(sessionKey),
   });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timedOut = new Promise<"timeout">((r) => {
+    timer = setTimeout(() => r("timeout"), timeoutMs);
+  });
+  const r = await Promise.race([result, timedOut]);
+  clearTimeout(timer);
+  const failed = (f: AgentFailure): AgentFailure => {
+    sessions?.drop(sessionKey);
+    socket.destroy();
+    return f;
+  };
+  if (r === "timeout") return failed(timeoutFailure(where, timeoutMs, "connecting"));
+  if (!r.ok) return failed(socketFailure(r.error, where));
+  if (verify) {
+    const bad = judge(socket, agent, where);
+    if (bad) return failed(bad);
+  }
+  return { socket, sessionKey };
 }
 
-function judge(socket: TLSSocket, agent: AgentAddress, where: string): AgentFailure | undefined {
+function judge(socket: AgentSocket, agent: AgentAddress, where: string): AgentFailure | undefined {
   const fix =
     "put the CA that issued the agents' certificates in tls.trustedCa, or install a certificate from that CA on the agent, or set agentCertCheck = false";
   if (!socket.authorized) {
-    const code = String(socket.authorizationError ?? "unknown");
+    const code = socket.authorizationError || "unknown";
     if (code !== "ERR_TLS_CERT_ALTNAME_INVALID") {
       return failure(
         "certificate",

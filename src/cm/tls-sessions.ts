@@ -4,20 +4,15 @@
  * handshake) and both sides skip the certificate. One session per server (host, port, name sent in SNI), the
  * newest; at most `max` servers, the least recently used forgotten first.
  *
- * Only sessions of connections the caller accepted are kept (`accept`): a session proves the server holds the
- * keys of a connection whose certificate was judged, as any TLS client's resumption does. A connection that
- * failed drops its server's session, so a server that lost its ticket keys gets a full handshake next time.
+ * Only sessions of connections the caller accepted are kept (`keep`, after judging): a session proves the server
+ * holds the keys of a connection whose certificate was judged, as any TLS client's resumption does. A connection
+ * that failed drops its server's session, so a server that lost its ticket keys gets a full handshake next time.
  */
-import type { TLSSocket } from "node:tls";
-
 export interface TlsSessionCache {
   /** The session to offer to `key`'s server, if one is kept. */
   get(key: string): Buffer | undefined;
-  /**
-   * Watches `socket` for the sessions its server issues (TLS 1.3 sends them after the handshake); they are kept
-   * once `accept` has been called for this socket, never before.
-   */
-  watch(key: string, socket: TLSSocket): { accept(): void };
+  /** Keeps `session` as `key`'s newest: call it only for a connection that was accepted. */
+  keep(key: string, session: Buffer): void;
   /** Forgets `key`'s session (its connection failed). */
   drop(key: string): void;
   readonly size: number;
@@ -40,20 +35,7 @@ export function createTlsSessionCache(max = 4096): TlsSessionCache {
       }
       return s;
     },
-    watch(key, socket) {
-      let accepted = false;
-      let early: Buffer | undefined;
-      socket.on("session", (session: Buffer) => {
-        if (accepted) keep(key, session);
-        else early = session;
-      });
-      return {
-        accept() {
-          accepted = true;
-          if (early) keep(key, early);
-        },
-      };
-    },
+    keep,
     drop(key) {
       sessions.delete(key);
     },

@@ -1,10 +1,15 @@
 // Claim: the CM's second launch-session to the same agent resumes the TLS session of the first (no full
 // handshake), with agentCertCheck on as well as off; a resumed connection is judged like a full one (a host name
-// the certificate lacks is still refused); and no session of one agent is offered to another.
+// the certificate lacks is still refused); no session of one agent is offered to another; and with the check off
+// a self-signed certificate naming another host is accepted, as agents ship them.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type AgentClient, createAgentClient, type LaunchRequest } from "../../src/cm/agent-client.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { openssl } from "../peers/test-certs.ts";
 
 const log = createLogger({ level: "debug", destination: memoryDestination() });
 let agentA: FakeAgent;
@@ -75,5 +80,43 @@ describe("TLS session resumption to agents", () => {
     const r = await launches(client, agentA, 3);
     expect(r.every((x) => x.ok)).toBe(true);
     expect(client.counters.tlsResumed).toBe(0);
+  });
+});
+
+describe("agentCertCheck off accepts what agents ship (Bun.connect reports these as failed checks)", () => {
+  test("a self-signed certificate naming another host, reached by a name it lacks", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "perf-agent-selfsigned-"));
+    try {
+      openssl([
+        ...["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2"],
+        ...["-subj", "/CN=desktop-99.example", "-keyout", join(dir, "k.pem"), "-out", join(dir, "c.pem")],
+      ]);
+      const agent = await startFakeAgent({
+        mode: "success",
+        cert: readFileSync(join(dir, "c.pem"), "utf8"),
+        key: readFileSync(join(dir, "k.pem"), "utf8"),
+      });
+      try {
+        const client = createAgentClient({ timeoutMs: 3000 });
+        // "localhost" is sent in SNI and is not in the certificate: a second failed check, still accepted.
+        const r = await client.launch(
+          { ...request(agent), agent: { host: "localhost", port: agent.port, hostname: "localhost" } },
+          log,
+        );
+        expect(r.ok).toBe(true);
+        const again = await client.launch(
+          { ...request(agent), agent: { host: "localhost", port: agent.port, hostname: "localhost" } },
+          log,
+        );
+        expect(again.ok).toBe(true);
+        const strict = createAgentClient({ timeoutMs: 3000, verify: true });
+        const refused = await strict.launch(request(agent), log);
+        expect(!refused.ok && refused.failure.kind).toBe("certificate");
+      } finally {
+        await agent.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
