@@ -68,7 +68,8 @@ export async function writeApplianceConfig(o: ApplianceOptions, adminPort: numbe
     "",
     table("cm", { listen: "__CM__", redirectListen: "__REDIRECT__", ...o.cm }),
     "",
-    table("sg", { tcpListen: "__SGT__", udpListen: "__SGU__", ...o.sg }),
+    // The benches' agents are on loopback, which sg.agentNetworks never holds by default.
+    table("sg", { tcpListen: "__SGT__", udpListen: "__SGU__", agentNetworks: "__AGENTNETS__", ...o.sg }),
     "",
     table("admin", { listen: `127.0.0.1:${adminPort}` }),
     "",
@@ -79,7 +80,8 @@ export async function writeApplianceConfig(o: ApplianceOptions, adminPort: numbe
     .replace('"__CM__"', '["127.0.0.1:0"]')
     .replace('"__REDIRECT__"', "[]")
     .replace('"__SGT__"', '["127.0.0.1:0"]')
-    .replace('"__SGU__"', '["127.0.0.1:0"]');
+    .replace('"__SGU__"', '["127.0.0.1:0"]')
+    .replace('"__AGENTNETS__"', '["127.0.0.0/8", "::1/128"]');
   const file = join(dir, "pcoip-cmsg.toml");
   writeFileSync(file, toml);
   return file;

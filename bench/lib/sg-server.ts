@@ -24,6 +24,7 @@
  */
 import pino from "pino";
 import { createAgentClient } from "../../src/cm/agent-client.ts";
+import { compileAgentTargets } from "../../src/cm/agent-targets.ts";
 import { createUpstreamBroker } from "../../src/cm/brokers/upstream.ts";
 import { createCmApp } from "../../src/cm/server.ts";
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
@@ -169,6 +170,8 @@ async function startRealCm(msg: Record<string, unknown>): Promise<Record<string,
       admissions,
       externalAddressFor: () => ({ ip: "127.0.0.1", port: tcp.ports[0] ?? 4172 }),
     }),
+    // The bench's agents answer 127.0.0.1:4172 (loopback is never in sg.agentNetworks by default).
+    agentTargets: compileAgentTargets({ networks: ["127.0.0.0/8", "::1/128"] }),
     trustedProxies: compileTrustedProxies([]),
     limits: { maxConcurrentEstablishments: 2000 },
   });

@@ -7,6 +7,7 @@
  */
 
 import { describeKeys, type KeyInfo, loadConfig, nearest } from "../config/load.ts";
+import type { Config } from "../config/schema.ts";
 import { tls13Note, validateCipherList } from "../tls/policy.ts";
 import { explainTrust, outgoingChecks } from "../tls/provision.ts";
 import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
@@ -120,7 +121,22 @@ function check(argv: string[], io: CliIo, env: Readonly<Record<string, string | 
   io.stdout(`config OK: ${file}\n`);
   for (const n of trust?.notes ?? []) io.stdout(`note: ${n}\n`);
   io.stdout(`note: ${tls13Note()}\n`);
+  if (r.ok && r.config.enableSecurityGateway) io.stdout(`note: ${agentTargetsNote(r.config)}\n`);
   return 0;
+}
+
+/** What sg.agentPorts and sg.agentNetworks allow with this configuration, in the administrator's words. */
+export function agentTargetsNote(c: Readonly<Config>): string {
+  const ports = `sg.agentPorts = [${c.sg.agentPorts.join(", ")}]`;
+  const nets = `sg.agentNetworks = [${c.sg.agentNetworks.join(", ")}]`;
+  const who = c.brokerUrl
+    ? `the upstream broker's agents must have an address in ${nets}`
+    : `each desktop's session must stay on its own agent host ([[desktops]] agent); ${nets} applies to an upstream broker`;
+  return (
+    `the SG relays a session only to its agent: the port the agent names must be in ${ports}, never one of this ` +
+    `appliance's own listeners, and ${who}. Anything else is refused (ALLOC_FAILED_TO_ALLOCATE_AGENT, one log line ` +
+    `naming the key). Loopback is never allowed by default: a test setup adds "127.0.0.0/8".`
+  );
 }
 
 function schema(argv: string[], io: CliIo): number {

@@ -13,6 +13,7 @@
  */
 
 import { X509Certificate } from "node:crypto";
+import { lookup as dnsLookup } from "node:dns/promises";
 import {
   chmodSync,
   existsSync,
@@ -24,13 +25,14 @@ import {
   writeFileSync,
 } from "node:fs";
 import { isIP, type Socket, connect as tcpConnect } from "node:net";
-import { tmpdir } from "node:os";
+import { networkInterfaces, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { checkDirectory, type LdapOptions } from "../cm/auth/ldap.ts";
 import { noDesktopsAdvice } from "../config/advice.ts";
 import { loadConfig } from "../config/load.ts";
 import { type Config, parseListen } from "../config/schema.ts";
+import { compileTrustedProxies } from "../net/client-address.ts";
 import { openTunnel } from "../net/https-proxy.ts";
 import { describeProxy, proxyFor, proxyFromEnv } from "../net/proxy-env.ts";
 import {
@@ -559,7 +561,10 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
   const agents = [...new Set([...(config?.desktops ?? []).map((d) => d.agent), ...o.agents])];
   const ca = trustedCaText(config, layout);
   const probed4172 = new Set<string>();
-  for (const agent of agents) await checkAgent(agent, config, ca, o.timeoutMs, probed4172, add);
+  for (const agent of agents) {
+    await checkAgent(agent, config, ca, o.timeoutMs, probed4172, add);
+    if (config?.enableSecurityGateway) add(...(await agentTrust(agent, config)));
+  }
   if (agents.length === 0 && config && !config.brokerUrl)
     add("INFO", "agents", "no [[desktops]] configured; give --agent HOST to check one");
 
@@ -656,6 +661,63 @@ async function checkBroker(
       "broker",
       `${config.brokerUrl}: ${r.protocol} ${r.cipher}, ${r.keyType.toUpperCase()}-${r.keyBits ?? "?"} (${r.subject})${proxy ? ` via ${describeProxy(proxy)}` : ""}`,
     );
+}
+
+/**
+ * Whether the SG's trust rules would relay this agent's sessions (cm/agent-targets.ts): its PCoIP port (4172 unless
+ * the agent says otherwise) in sg.agentPorts, its address in sg.agentNetworks (what an upstream broker's agents
+ * must satisfy; a built-in desktop's own agent is allowed anyway), and not this host at a port the SG listens on.
+ */
+export async function agentTrust(
+  agent: string,
+  config: Readonly<Config>,
+  resolve: (host: string) => Promise<readonly string[]> = lookupAll,
+): Promise<[Verdict, string, string, string?]> {
+  const { host } = parseAgent(agent);
+  const name = `agent ${host} sg rules`;
+  const sg = config.sg;
+  if (!sg.agentPorts.includes(4172))
+    return [
+      "WARN",
+      name,
+      `sg.agentPorts = [${sg.agentPorts.join(", ")}] does not hold 4172, the port agents answer with: their sessions will be refused (ALLOC_FAILED_TO_ALLOCATE_AGENT)`,
+      "add 4172 to sg.agentPorts (or the port this agent's session-info names)",
+    ];
+  const addresses = await resolve(host);
+  const local = new Set([
+    "::1",
+    ...Object.values(networkInterfaces()).flatMap((l) => (l ?? []).map((a) => a.address)),
+  ]);
+  const sgPorts = sg.tcpListen.map((l) => parseListen(l)?.port);
+  if (
+    addresses.some((a) => a.startsWith("127.") || local.has(a)) &&
+    sgPorts.some((p) => p !== undefined && sg.agentPorts.includes(p))
+  )
+    return [
+      "WARN",
+      name,
+      `${host} is this host and the SG listens on a port in sg.agentPorts: the agent's sessions would point the SG at itself; they are refused`,
+      "run the agent's session endpoint on another host or port (the demo agent: --endpoint), or move sg.tcpListen",
+    ];
+  const nets = compileTrustedProxies(sg.agentNetworks);
+  const outside = addresses.filter((a) => !nets.has(a));
+  if (addresses.length > 0 && outside.length > 0)
+    return [
+      "WARN",
+      name,
+      `${host} (${outside.join(", ")}) lies outside sg.agentNetworks [${sg.agentNetworks.join(", ")}]: ${config.brokerUrl ? "sessions the upstream broker puts there are refused" : "a built-in desktop's own agent is still allowed, but an upstream broker naming it would be refused"}`,
+      `add its network to sg.agentNetworks (e.g. "${outside[0]!.includes(":") ? `${outside[0]}/128` : `${outside[0]}/32`}")`,
+    ];
+  return ["PASS", name, `port 4172 in sg.agentPorts, ${host} within sg.agentNetworks`];
+}
+
+async function lookupAll(host: string): Promise<readonly string[]> {
+  if (isIP(host)) return [host];
+  try {
+    return (await dnsLookup(host, { all: true })).map((a) => a.address);
+  } catch {
+    return [];
+  }
 }
 
 async function checkAgent(

@@ -16,6 +16,8 @@ export interface CmCounters {
   busy: number;
   /** allocate-resource answers by result id. */
   allocations: Record<string, number>;
+  /** Agent targets the SG would not relay to (sg.agentPorts, sg.agentNetworks, own listener…), by rule. */
+  targetsRefused: Record<string, number>;
   /** Establishments in flight now (a gauge: up and down). */
   establishing: number;
 }
@@ -30,6 +32,7 @@ export function newCmCounters(): CmCounters {
     loginsThrottled: 0,
     busy: 0,
     allocations: {},
+    targetsRefused: {},
     establishing: 0,
   };
 }

@@ -19,6 +19,7 @@ import type { SessionJournal } from "../observability/session-journal.ts";
 import { result } from "../protocol/results.ts";
 import type { AllocateResource, AllocateResourceResp, Target } from "../protocol/types.ts";
 import type { AgentClient } from "./agent-client.ts";
+import { type AgentTargetRules, judgeAgentTarget } from "./agent-targets.ts";
 import type { Allocation } from "./brokers/broker.ts";
 import type { CmCounters } from "./counters.ts";
 import type { DesktopHolds, HoldClaim } from "./desktop-holds.ts";
@@ -64,6 +65,10 @@ export interface EstablishDeps {
   readonly counters: CmCounters;
   readonly drain: { readonly draining: boolean };
   readonly clock: CmClock;
+  /** Where the SG may relay (sg.agentPorts, sg.agentNetworks, own listeners); used with the SG on. */
+  readonly agentTargets: AgentTargetRules;
+  /** "builtin": the target must be the agent the CM launched on; otherwise it must lie in sg.agentNetworks. */
+  readonly brokerKind: string;
 }
 
 /** What a draining node tells a client it refuses (sign-in and allocation). */
@@ -108,6 +113,8 @@ interface Launched {
   readonly target: Target;
   readonly agentHost: string;
   readonly base: AllocateResourceResp | undefined;
+  /** The agent the built-in broker picked and the CM launched on (the only host its target may name). */
+  readonly launchedOn: string | undefined;
 }
 
 const fail = (id: Parameters<typeof result>[0], text?: string): Fail => ({
@@ -176,7 +183,8 @@ async function launch(
   a: Exclude<Allocation, { kind: "refused" }>,
 ): Promise<Launched | Fail> {
   if (a.kind === "target") {
-    return { ok: true, target: a.resp.target, agentHost: a.resp.target.ipAddress, base: a.resp };
+    const t = a.resp.target;
+    return { ok: true, target: t, agentHost: t.ipAddress, base: a.resp, launchedOn: undefined };
   }
   const logon = s.logon;
   if (!logon) {
@@ -220,6 +228,7 @@ async function launch(
     },
     agentHost,
     base: a.resp,
+    launchedOn: d.brokerKind === "builtin" ? a.agent.host : undefined,
   };
 }
 
@@ -231,6 +240,23 @@ async function admit(
 ): Promise<{ ok: true; via: { ip: string; port: number } | undefined } | Fail> {
   const { gateway } = d;
   if (!gateway) return { ok: true, via: undefined };
+  const judged = await judgeAgentTarget(
+    { host: l.agentHost, port: l.target.port },
+    l.launchedOn,
+    d.agentTargets,
+  );
+  if (!judged.ok) {
+    const where = l.agentHost.includes(":")
+      ? `[${l.agentHost}]:${l.target.port}`
+      : `${l.agentHost}:${l.target.port}`;
+    d.counters.targetsRefused[judged.rule] = (d.counters.targetsRefused[judged.rule] ?? 0) + 1;
+    s.log.warn(
+      { target: where, rule: judged.rule, key: judged.key },
+      `admitting the session at the SG: refused the agent's target ${where}: ${judged.detail}; fix: ${judged.key}`,
+    );
+    d.journal?.failed(s.logId, "agent-launch", `the agent's target ${where} broke the ${judged.rule} rule`);
+    return fail("ALLOC_FAILED_TO_ALLOCATE_AGENT");
+  }
   const ext = await gateway.externalAddressFor(s.clientIp);
   if (!ext) {
     s.log.error(

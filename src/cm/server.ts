@@ -34,6 +34,7 @@ import {
 import { result, resultForProtocolError } from "../protocol/results.ts";
 import type { BrokerResponse } from "../protocol/types.ts";
 import type { AgentClient } from "./agent-client.ts";
+import { type AgentTargetRules, compileAgentTargets } from "./agent-targets.ts";
 import type { Broker } from "./brokers/broker.ts";
 import { type CmRandom, type CmRequest, Conversations } from "./conversations.ts";
 import { type CmCounters, newCmCounters } from "./counters.ts";
@@ -102,6 +103,8 @@ export interface CmAppOptions {
   readonly sweepEveryMs?: number;
   /** Where each session's progress goes for its verdict line (the appliance shares one with the SG). */
   readonly journal?: SessionJournal;
+  /** Where the SG may relay (with a gateway); default: port 4172 and the private ranges, no own listeners. */
+  readonly agentTargets?: AgentTargetRules;
 }
 
 export interface CmApp {
@@ -198,6 +201,8 @@ export function createCmApp(options: CmAppOptions): CmApp {
       counters,
       drain: node,
       clock,
+      agentTargets: options.agentTargets ?? compileAgentTargets({}),
+      brokerKind: options.broker.kind,
     },
     counters,
     journal,

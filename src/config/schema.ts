@@ -385,6 +385,17 @@ const upstream = section("upstream", {
   ),
 });
 
+/** sg.agentPorts by default: PCoIP's own port. */
+export const DEFAULT_AGENT_PORTS: readonly number[] = [4172];
+/** sg.agentNetworks by default: the private and shared (CGNAT) IPv4 ranges and IPv6 ULA — no loopback. */
+export const DEFAULT_AGENT_NETWORKS: readonly string[] = [
+  "10.0.0.0/8",
+  "172.16.0.0/12",
+  "192.168.0.0/16",
+  "100.64.0.0/10",
+  "fc00::/7",
+];
+
 const sg = section("sg", {
   tcpListen: listenList(
     ["0.0.0.0:4172"],
@@ -432,6 +443,35 @@ const sg = section("sg", {
   ),
   maxConnectionsPerSession: int(4, 1, 1000, "TCP relays one admitted session may hold at once."),
   handshakeTimeoutSeconds: int(5, 1, 60, "The client's TLS ClientHello must arrive within this."),
+  // Where the SG may relay a session (cm/agent-targets.ts): the agent's answer is not trusted blindly.
+  agentPorts: doc(
+    z
+      .array(
+        z
+          .number({ error: MSG.int(1, 65535) })
+          .int()
+          .min(1)
+          .max(65535),
+        { error: MSG.list },
+      )
+      .min(1, { error: "must name at least one port" })
+      .default([...DEFAULT_AGENT_PORTS]),
+    "Agent ports the SG relays to; a session whose agent names another port is refused.",
+    "list of ports 1–65535",
+  ),
+  agentNetworks: doc(
+    stringList(z.string({ error: MSG.string }))
+      .superRefine((list, ctx) => {
+        try {
+          compileTrustedProxies(list);
+        } catch (e) {
+          ctx.addIssue({ code: "custom", message: (e as Error).message });
+        }
+      })
+      .default([...DEFAULT_AGENT_NETWORKS]),
+    "With an upstream broker: networks the agents' addresses must lie in (built-in broker: the desktop's own agent).",
+    'CIDRs, e.g. "10.0.0.0/8"; loopback only if added, e.g. "127.0.0.0/8"',
+  ),
 });
 
 const admin = section("admin", {

@@ -171,6 +171,10 @@ export async function startAppliance(
     metrics,
     journal,
     node,
+    ownListeners: () => {
+      const b = appliance.bound;
+      return [...b.cm, ...b.redirect, ...b.sgTcp, ...b.sgUdp, ...(b.admin ? [b.admin] : [])];
+    },
   });
   if (!cmStart.ok) return fail(cmStart.error);
   const cm: CmPlane = cmStart.plane;

@@ -8,6 +8,7 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { createAgentClient } from "../cm/agent-client.ts";
+import { compileAgentTargets } from "../cm/agent-targets.ts";
 import type { Authenticator } from "../cm/auth/authenticator.ts";
 import { createLdapAuthenticator } from "../cm/auth/ldap.ts";
 import { createLocalUsers } from "../cm/auth/local-users.ts";
@@ -39,6 +40,8 @@ export interface CmPlaneDeps {
   readonly journal?: SessionJournal;
   /** What outlives reloads: every generation gets this one. */
   readonly node: NodeState;
+  /** The appliance's bound listeners ("host:port"): the SG never relays to them. */
+  readonly ownListeners?: () => readonly string[];
 }
 
 export interface CmPlane {
@@ -276,6 +279,11 @@ function build(
       bodyLimitBytes: config.cm.bodyLimitBytes,
     },
     node: deps.node,
+    agentTargets: compileAgentTargets({
+      ports: config.sg.agentPorts,
+      networks: config.sg.agentNetworks,
+      ...(deps.ownListeners ? { ownListeners: deps.ownListeners } : {}),
+    }),
     enableCollaboration: config.enableCollaboration,
     licenseServerUrl: config.licenseServerUrl,
   });
@@ -318,6 +326,11 @@ function cmFamilies(c: CmCounters, sessionsByState: Record<string, number>): Met
       "pcoip_cm_allocations_total",
       "allocate-resource answers by result id.",
       Object.entries(c.allocations).map(([r, value]) => ({ labels: { result: r }, value })),
+    ),
+    counter(
+      "pcoip_cm_agent_targets_refused_total",
+      "Agent targets the SG would not relay to, by rule (sg.agentPorts, sg.agentNetworks, own listener…).",
+      Object.entries(c.targetsRefused).map(([rule, value]) => ({ labels: { rule }, value })),
     ),
   ];
 }

@@ -42,7 +42,7 @@ const cli = (verb: string, a: ApplianceProcess) =>
 describe("drain and resume from the command line", () => {
   test("drain keeps live sessions, refuses new ones, answers 503; resume brings the node back", async () => {
     agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: sgEnv() });
+    app = await startApplianceProcess({ agent, env: sgEnv() });
     const a = app;
     const s = await signIn(a);
     closers.push(() => s.client.close());
@@ -95,7 +95,7 @@ describe("drain and resume from the command line", () => {
   test("after SIGTERM, resume is refused and says why; an unreachable admin listener is named", async () => {
     agent = await startFakeAgent({ endpoint: true });
     app = await startApplianceProcess({
-      agent: `127.0.0.1:${agent.port}`,
+      agent,
       env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
     });
     const a = app;

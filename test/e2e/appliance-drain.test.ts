@@ -39,7 +39,7 @@ async function withLiveSession(env: Record<string, string>): Promise<{
   sessionId: string;
 }> {
   agent = await startFakeAgent({ endpoint: true });
-  app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: { ...sgEnv(), ...env } });
+  app = await startApplianceProcess({ agent, env: { ...sgEnv(), ...env } });
   const s = await signIn(app);
   closers.push(() => s.client.close());
   const control = await openControl(app);
@@ -147,7 +147,7 @@ describe("SIGTERM with a live session", () => {
   test("SIGTERM right after start-up, nothing live: drained at once, exit 0", async () => {
     agent = await startFakeAgent({ endpoint: true });
     app = await startApplianceProcess({
-      agent: `127.0.0.1:${agent.port}`,
+      agent,
       env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
     });
     const t0 = Date.now();

@@ -46,7 +46,7 @@ async function start(env: Record<string, string> = {}): Promise<{ app: Appliance
   agent = await startFakeAgent({ endpoint: true });
   // No reconnect grace: the session ends (and its end is logged) as soon as its control connection closes.
   app = await startApplianceProcess({
-    agent: `127.0.0.1:${agent.port}`,
+    agent,
     env: { PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0", ...sgEnv(), ...env },
   });
   return { app, agent };
@@ -301,7 +301,7 @@ describe("client address families (enableIpv6)", () => {
   test("a ::1 client is sent to the IPv6 externalPcoipIp and a 127.0.0.1 client to the IPv4 one", async () => {
     agent = await startFakeAgent({ endpoint: true });
     app = await startApplianceProcess({
-      agent: `127.0.0.1:${agent.port}`,
+      agent,
       env: {
         ...sgEnv(),
         PCOIP_CMSG_ENABLEIPV6: "true",

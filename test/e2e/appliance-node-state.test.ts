@@ -84,7 +84,7 @@ describe("what a reload keeps", () => {
   test("a desktop held by one user (collaboration off) stays held across a reload", async () => {
     agent = await startFakeAgent({ endpoint: true });
     app = await startApplianceProcess({
-      agent: `127.0.0.1:${agent.port}`,
+      agent,
       users: { alice: "correct horse", bob: "battery staple" },
       topLevel: "enableCollaboration = false",
       env: sgEnv(),
@@ -106,7 +106,7 @@ describe("what a reload keeps", () => {
   test("every _total series only grows across three reloads with conversations spanning them", async () => {
     agent = await startFakeAgent({ endpoint: true });
     app = await startApplianceProcess({
-      agent: `127.0.0.1:${agent.port}`,
+      agent,
       env: sgEnv(),
     });
     const a = app;
@@ -153,7 +153,7 @@ describe("one drain flag", () => {
   test("drives /readyz, the CM (GET and allocations) and the SG's admissions; resume lowers all three", async () => {
     const fake = await startFakeAgent({ endpoint: true });
     const node = await startInProcessAppliance({
-      agent: `127.0.0.1:${fake.port}`,
+      agent: fake,
     });
     try {
       const { appliance } = node;

@@ -47,7 +47,7 @@ async function withLiveSession(): Promise<{
   sessionId: string;
 }> {
   agent = await startFakeAgent({ endpoint: true });
-  app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: sgEnv() });
+  app = await startApplianceProcess({ agent, env: sgEnv() });
   const s = await signIn(app);
   closers.push(() => s.client.close());
   const control = await openControl(app);

@@ -18,7 +18,12 @@ import {
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
 import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
-import { type FakeAgent, type FakeAgentOptions, startFakeAgent } from "../peers/fake-agent.ts";
+import {
+  type FakeAgent,
+  type FakeAgentOptions,
+  loopbackAgentTargets,
+  startFakeAgent,
+} from "../peers/fake-agent.ts";
 import { type PcoipClientOptions, pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
 
@@ -92,6 +97,8 @@ export async function startHarness(o: HarnessOptions = {}): Promise<Harness> {
   const node = standaloneNodeState(cmRest);
   const cm = createCmApp({
     node,
+    // Loopback agents: loopback in sg.agentNetworks and the agent's session port in sg.agentPorts, explicitly.
+    agentTargets: loopbackAgentTargets([agent.endpoint?.port ?? 4172]),
     log,
     broker,
     agentClient: createAgentClient({ timeoutMs: o.agentTimeoutMs ?? 3000 }),

@@ -320,15 +320,28 @@ beforeAll(async () => {
     "--key",
     agentLeaf.keyFile,
   ]) as Subprocess<"ignore", "pipe", "pipe">;
-  const agentUp = new Promise<void>(
-    (res) => void eachLine(agent.stdout, (l) => l.includes('"listening"') && res()),
+  // Its "listening" line names the session endpoint, whose port goes into sg.agentPorts.
+  const agentUp = new Promise<number>(
+    (res) =>
+      void eachLine(
+        agent.stdout,
+        (l) => l.includes('"listening"') && res(Number(/"endpoint":"[^"]*:(\d+)"/.exec(l)?.[1] ?? 4172)),
+      ),
   );
+  const sessionPort = await Promise.race([
+    agentUp,
+    Bun.sleep(15_000).then(() => {
+      throw new Error("the fake agent did not start");
+    }),
+  ]);
 
   // Three nodes: same desktops and users, each its own external address and name; both balancers trusted.
   const started = await Promise.allSettled(
     NS.nodes.map((ns, n) =>
       startApplianceProcess({
         agent: `${IP.agent}:60443`,
+        agentPorts: [sessionPort],
+        agentNetworks: [`${IP.agent}/32`],
         wrap: ["ip", "netns", "exec", ns],
         env: {
           ...sgEnv(),
@@ -358,12 +371,6 @@ beforeAll(async () => {
     timeCost: 1,
   });
   for (const app of nodes) await writeUsersFile(join(app.dir, "users"), [{ name: "alice", hash: cheap }]);
-  await Promise.race([
-    agentUp,
-    Bun.sleep(15_000).then(() => {
-      throw new Error("the fake agent did not start");
-    }),
-  ]);
 
   // The balancers, on the reference configurations as shipped.
   for (const kind of KINDS) {

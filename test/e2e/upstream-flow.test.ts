@@ -20,7 +20,7 @@ import { createSessionGateway } from "../../src/platform/session-gateway.ts";
 import { type Admissions, createAdmissions } from "../../src/sg/admissions.ts";
 import { startTcpRelay, type TcpRelay } from "../../src/sg/tcp-relay.ts";
 import { connectControl } from "../peers/agent-endpoint.ts";
-import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { type FakeAgent, loopbackAgentTargets, startFakeAgent } from "../peers/fake-agent.ts";
 import { type FakeBroker, startFakeBroker } from "../peers/fake-broker.ts";
 import { type PcoipClient, pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
@@ -74,6 +74,8 @@ async function startCm(
     broker: made.broker,
     agentClient: createAgentClient({ timeoutMs: opts.agentTimeoutMs ?? 5000 }),
     ...(gateway ? { gateway } : {}),
+    // The fake agent is on loopback: its network and session port, explicitly.
+    agentTargets: loopbackAgentTargets([agent.endpoint?.port ?? 4172]),
     trustedProxies: compileTrustedProxies([]),
     sweepEveryMs: 0,
   });

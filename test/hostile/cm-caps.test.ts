@@ -12,7 +12,7 @@ let agent: FakeAgent;
 
 beforeAll(async () => {
   agent = await startFakeAgent({});
-  app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: sgEnv() });
+  app = await startApplianceProcess({ agent, env: sgEnv() });
 });
 afterAll(async () => {
   await app?.kill();

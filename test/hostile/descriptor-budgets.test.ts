@@ -25,7 +25,7 @@ const sockets: Socket[] = [];
 beforeAll(async () => {
   agent = await startFakeAgent({ endpoint: true });
   app = await startApplianceProcess({
-    agent: `127.0.0.1:${agent.port}`,
+    agent,
     env: sgEnv(),
     wrap: ["prlimit", "--nofile=1024:1024", "--"],
   });

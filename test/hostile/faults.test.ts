@@ -183,7 +183,7 @@ async function login(a: ApplianceProcess) {
 describe("the appliance process", () => {
   test("SIGHUP during logins and a live relay: logins go on, the relay is not cut, each reload is logged", async () => {
     agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}` });
+    app = await startApplianceProcess({ agent });
     const a = app;
     const target = await login(a);
     const ctl = await connectControl({
@@ -239,7 +239,7 @@ describe("the appliance process", () => {
   // they end (src/platform/cm-plane.ts), so a SIGHUP is invisible to clients mid-login.
   test("no login in flight is lost across a SIGHUP reload", async () => {
     agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}` });
+    app = await startApplianceProcess({ agent });
     const [host, port] = hostPort(app.cm);
     const c = pcoipClient({ host, port, ca: app.ca });
     try {
@@ -260,7 +260,7 @@ describe("the appliance process", () => {
     // UDP source ports below the kernel's ephemeral range: the restart names the first run's (ephemeral) UDP
     // listener port, which must not fall inside the source-port range (config check refuses that).
     const sourcePorts = sgEnv();
-    const first = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, env: sourcePorts });
+    const first = await startApplianceProcess({ agent, env: sourcePorts });
     app = first;
     const before = new Set(readdirSync(first.dir, { recursive: true }).map(String));
     const target = await login(first);
@@ -288,7 +288,7 @@ describe("the appliance process", () => {
       PCOIP_CMSG_SG_UDPLISTEN: first.sgUdp,
       PCOIP_CMSG_ADMIN_LISTEN: first.admin,
     };
-    const second = await startApplianceProcess({ agent: `127.0.0.1:${agent.port}`, dir: first.dir, env });
+    const second = await startApplianceProcess({ agent, dir: first.dir, env });
     app = second;
     expect([second.cm, second.sgTcp, second.sgUdp, second.admin]).toEqual([
       first.cm,

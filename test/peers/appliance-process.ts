@@ -16,14 +16,22 @@ import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
 import { ensureAdminTokenFile, readAdminTokenFile } from "../../src/observability/admin-token.ts";
+import type { FakeAgent } from "./fake-agent.ts";
 import { cleanEnv } from "./run-command.ts";
 import { testPki } from "./test-certs.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
 
 export interface ApplianceProcessOptions {
-  /** Agent address of the one built-in desktop ("host:port"); omit for none. */
-  readonly agent?: string;
+  /**
+   * The one built-in desktop's agent: "host:port", or a fake agent (its address, and its session endpoint's port
+   * goes into sg.agentPorts); omit for none.
+   */
+  readonly agent?: string | FakeAgent;
+  /** sg.agentPorts (default: the fake agent's session port, else 4172). */
+  readonly agentPorts?: readonly number[];
+  /** sg.agentNetworks (default: loopback, which the product's defaults never hold). */
+  readonly agentNetworks?: readonly string[];
   /** SNI/host name of that desktop (default "desktop-1.test", the fake agent's default). */
   readonly desktopHostname?: string;
   /** Local accounts (default alice / "correct horse"). */
@@ -91,7 +99,7 @@ export function applianceToml(dir: string, o: ApplianceProcessOptions): string {
 [[desktops]]
 id = "desktop-1"
 name = "Desktop 1"
-agent = "${o.agent}"
+agent = "${agentAddress(o.agent)}"
 hostname = "${o.desktopHostname ?? "desktop-1.test"}"
 users = ["*"]
 `
@@ -117,6 +125,7 @@ redirectListen = ["127.0.0.1:0"]
 [sg]
 tcpListen = ["127.0.0.1:0"]
 udpListen = ["127.0.0.1:0"]
+${sgTrust(o)}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -124,6 +133,25 @@ tokenFile = "${join(dir, "admin.token")}"
 ${desktop}
 ${o.tables ?? ""}
 `;
+}
+
+/** "host:port" of an agent option. */
+export function agentAddress(agent: string | FakeAgent): string {
+  if (typeof agent === "string") return agent;
+  return agent.hostname.includes(":")
+    ? `[${agent.hostname}]:${agent.port}`
+    : `${agent.hostname}:${agent.port}`;
+}
+
+/**
+ * The SG's trust keys for a loopback test setup, written in one place: sg.agentNetworks = loopback (never in the
+ * defaults) and sg.agentPorts = the fake agent's session port (an ephemeral one, not 4172).
+ */
+export function sgTrust(o: Pick<ApplianceProcessOptions, "agent" | "agentPorts" | "agentNetworks">): string {
+  const fromAgent = typeof o.agent === "object" && o.agent.endpoint ? [o.agent.endpoint.port] : [4172];
+  const ports = o.agentPorts ?? fromAgent;
+  const networks = o.agentNetworks ?? ["127.0.0.0/8", "::1/128"];
+  return `agentNetworks = ${JSON.stringify(networks)}\nagentPorts = [${ports.join(", ")}]`;
 }
 
 export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Promise<ApplianceProcess> {

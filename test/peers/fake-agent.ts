@@ -13,6 +13,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { Server } from "bun";
+import { type AgentTargetRules, compileAgentTargets } from "../../src/cm/agent-targets.ts";
 import { buildLaunchSessionResp, parseLaunchSession } from "../../src/protocol/agent.ts";
 import type { LaunchSession } from "../../src/protocol/types.ts";
 import { type AgentEndpoint, startAgentEndpoint } from "./agent-endpoint.ts";
@@ -74,6 +75,14 @@ export interface FakeAgent {
 }
 
 const SESSION_ID_BASE = 2305843009213693957n;
+
+/** sg.agentNetworks for loopback test setups (never in the defaults). */
+export const LOOPBACK_NETWORKS: readonly string[] = ["127.0.0.0/8", "::1/128"];
+
+/** The SG's trust rules for an in-process CM whose agents are on loopback, with their session ports. */
+export function loopbackAgentTargets(ports: readonly number[]): AgentTargetRules {
+  return compileAgentTargets({ networks: LOOPBACK_NETWORKS, ports });
+}
 
 export async function startFakeAgent(options: FakeAgentOptions = {}): Promise<FakeAgent> {
   const hostname = options.hostname ?? "127.0.0.1";

@@ -28,7 +28,13 @@ export interface InProcessAppliance {
   /** GET on the CM's HTTPS listener. */
   cmGet(path: string): Promise<{ status: number; body: string }>;
   /** hello → authenticate → list → allocate on a new client; resolves with the allocate answer. */
-  allocate(o?: { user?: string; password?: string; resource?: string }): Promise<Answer>;
+  allocate(o?: {
+    user?: string;
+    password?: string;
+    domain?: string;
+    resource?: string;
+    clientLogId?: string;
+  }): Promise<Answer>;
   stop(): Promise<void>;
 }
 
@@ -77,10 +83,10 @@ export async function startInProcessAppliance(
       return { status: r.status, body: await r.text() };
     },
     async allocate(ao = {}) {
-      const c = client();
+      const c = client(ao.clientLogId ? { clientLogId: ao.clientLogId } : {});
       try {
         await c.hello();
-        const auth = await c.authenticate(ao.user ?? "alice", ao.password ?? "correct horse");
+        const auth = await c.authenticate(ao.user ?? "alice", ao.password ?? "correct horse", ao.domain);
         if (auth.resultId !== "AUTH_SUCCESSFUL_AND_COMPLETE") return auth;
         const list = await c.getResourceList();
         if (list.resultId !== "LIST_SUCCESSFUL") return list;

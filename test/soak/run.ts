@@ -69,6 +69,7 @@ async function main(): Promise<number> {
   const agent = await startAgentProcess();
   const app = await startApplianceProcess({
     agent: `127.0.0.1:${agent.port}`,
+    agentPorts: [agent.sessionPort],
     env: {
       // 400 in flight must not be answered "busy"; the default pipeline is 200.
       PCOIP_CMSG_CM_MAXCONCURRENTESTABLISHMENTS: String(Math.max(1000, INFLIGHT * 2)),
@@ -377,7 +378,11 @@ ${rows.join("\n")}
  * The fake agent (with its session endpoint) in a process of its own, so that the load generator's event loop does
  * not slow the agent's answers down (the appliance would time them out and count its own failures).
  */
-async function startAgentProcess(): Promise<{ port: number; proc: ReturnType<typeof Bun.spawn> }> {
+async function startAgentProcess(): Promise<{
+  port: number;
+  sessionPort: number;
+  proc: ReturnType<typeof Bun.spawn>;
+}> {
   // The agent's certificate comes from this process's test CA (the relayed clients verify it); the fake agent's
   // default would come from the child's own CA. Its names are those fake-agent.ts itself would use.
   const leaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "desktop-1.test"]);
@@ -404,7 +409,8 @@ async function startAgentProcess(): Promise<{ port: number; proc: ReturnType<typ
     proc.kill();
     throw new Error(`fake agent process did not start: ${JSON.stringify(text)}`);
   }
-  return { port, proc };
+  const sessionPort = Number(/"sessionPort":(\d+)/.exec(text)?.[1] ?? 4172);
+  return { port, sessionPort, proc };
 }
 
 function splitHostPort(hp: string): [string, number] {
