@@ -44,6 +44,26 @@ describe("config check", () => {
     expect(c.err()).toBe("");
   });
 
+  test("explains sg.agentPorts and sg.agentNetworks with the file's values; refuses a bad network or port", async () => {
+    const c = capture();
+    const f = file("trust.toml", '[sg]\nagentPorts = [4172, 4173]\nagentNetworks = ["10.0.0.0/8"]\n');
+    expect(await runConfigCommand(["check", "--config", f], c.io, { env: {} })).toBe(0);
+    expect(c.out()).toContain("sg.agentPorts = [4172, 4173]");
+    expect(c.out()).toContain("sg.agentNetworks = [10.0.0.0/8]");
+    expect(c.out()).toContain("ALLOC_FAILED_TO_ALLOCATE_AGENT");
+    const up = capture();
+    const u = file("trust-up.toml", 'brokerUrl = "https://broker.corp.example"\n');
+    expect(await runConfigCommand(["check", "--config", u], up.io, { env: {} })).toBe(0);
+    expect(up.out()).toContain(
+      "the upstream broker's agents must have an address in sg.agentNetworks = [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7]",
+    );
+    const bad = capture();
+    const b = file("trust-bad.toml", '[sg]\nagentPorts = [0]\nagentNetworks = ["10.0.0.0/33"]\n');
+    expect(await runConfigCommand(["check", "--config", b], bad.io, { env: {} })).toBe(1);
+    expect(bad.err()).toContain("sg.agentPorts");
+    expect(bad.err()).toContain("sg.agentNetworks");
+  });
+
   test("an invalid file: exit 1, every error on stderr", async () => {
     const bad = file("bad.toml", 'logLevel = "loud"\n\n[sg]\nmaxSesions = 3\n');
     const c = capture();
