@@ -116,7 +116,8 @@ interface Conn {
   /** The ClientHello record walk so far (records already checked are not walked again). */
   helloWalk: HelloWalk;
   timer: ReturnType<typeof setTimeout> | undefined;
-  session: Admission | undefined;
+  /** The admission the connection was matched to (undefined until its ClientHello matched one). */
+  admission: Admission | undefined;
   log: Logger | undefined;
   fds: number;
   /** Bytes accepted from one side that the other side's socket did not take yet (backpressure). */
@@ -232,7 +233,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     }
     conn.fds++;
     conn.phase = "dialing";
-    conn.session = session;
+    conn.admission = session;
     conn.log = sessionLogger(log, session.sessionLogId);
     // Claimed now, not when the agent answers, so a second connection cannot take the same pending admission.
     admissions.attachTcp(session.sessionLogId);
@@ -291,7 +292,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     conn.log?.warn(
       {
         client: `${conn.clientIp}:${conn.clientPort}`,
-        agent: `${conn.session?.agentHost}:${conn.session?.agentTcpPort}`,
+        agent: `${conn.admission?.agentHost}:${conn.admission?.agentTcpPort}`,
         cause,
       },
       "sg connecting to agent failed: check that the agent listens on TCP 4172 and the SG host can route to it",
@@ -315,7 +316,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     agent.setKeepAlive(true, keepAliveSeconds * 1000);
     counters.relayed++;
     counters.active++;
-    const s = conn.session!;
+    const s = conn.admission!;
     const current = admissions.get(s.sessionLogId);
     options.journal?.reached(s.sessionLogId, "sg-tcp");
     conn.log?.info(
@@ -437,16 +438,16 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     limits.give(conn.fds);
     const wasRelaying = conn.agent !== undefined;
     conn.phase = "closed";
-    if (conn.session) {
-      admissions.detachTcp(conn.session.sessionLogId);
-      const set = bySession.get(conn.session.sessionLogId);
+    if (conn.admission) {
+      admissions.detachTcp(conn.admission.sessionLogId);
+      const set = bySession.get(conn.admission.sessionLogId);
       set?.delete(conn);
-      if (set && set.size === 0) bySession.delete(conn.session.sessionLogId);
+      if (set && set.size === 0) bySession.delete(conn.admission.sessionLogId);
     }
     if (wasRelaying) {
       counters.active--;
-      if (conn.session)
-        options.journal?.traffic(conn.session.sessionLogId, {
+      if (conn.admission)
+        options.journal?.traffic(conn.admission.sessionLogId, {
           bytesFromClient: conn.bytesUp,
           bytesToClient: conn.bytesDown,
         });
@@ -478,7 +479,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
         helloWant: 1,
         helloWalk: newHelloWalk(),
         timer: undefined,
-        session: undefined,
+        admission: undefined,
         log: undefined,
         fds: 0,
         toAgent: undefined,

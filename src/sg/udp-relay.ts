@@ -362,6 +362,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
     awaitingUdp = awaiting;
   }
 
+  /** The stall verdict of a session whose client sent no UDP: its stage is the one it is stuck at. */
   function verdict(a: Admission): void {
     settled.add(a.sessionLogId);
     const clock = table.clock;
@@ -375,7 +376,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       l.warn(
         {
           verdict: true,
-          stage: "sg-tcp",
+          stage: "udp-from-client",
           outcome: "stalled",
           clientIp: a.clientIp,
           udpFromOtherIps: [...others],
@@ -389,7 +390,7 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       l.warn(
         {
           verdict: true,
-          stage: "sg-tcp",
+          stage: "udp-from-client",
           outcome: "stalled",
           clientIp: a.clientIp,
           waitedMs: clock - (a.activatedAt ?? clock),

@@ -357,6 +357,7 @@ describe("udp 4172 refusals", () => {
       const verdict = otherSink.lines().find((l) => l.includes("sg udp verdict"))!;
       expect(JSON.parse(verdict)).toMatchObject({
         sessionId: a.admission.sessionLogId,
+        stage: "udp-from-client", // where it is stuck, not the TCP stage it passed
         clientIp: "127.0.0.1",
         udpFromOtherIps: ["127.0.0.2"],
       });
