@@ -353,10 +353,6 @@ beforeAll(async () => {
           PCOIP_CMSG_HOSTADDRESS: `node${n + 1}.test`,
           PCOIP_CMSG_TRUSTEDPROXIES: IP.l7,
           PCOIP_CMSG_CM_PROXYPROTOCOLFROM: IP.l4,
-          // KNOWN DEFECT (reported): with the nftables kernel path (udpFastPath = auto) on this one-armed node
-          // (clients and agent on one interface), a kept UDP flow stops echoing seconds after its first datagrams;
-          // the userspace relay carries it. Remove this line once the kernel path passes here.
-          PCOIP_CMSG_SG_UDPFASTPATH: "off",
         },
       }),
     ),
@@ -435,6 +431,8 @@ describe.skipIf(skipReason !== "")("three nodes behind HAProxy (L7 and L4 refere
       // Every node took a share (roundrobin behind L7, source hashing over 60 addresses behind L4).
       for (const n of [0, 1, 2]) expect(logins.filter((l) => l.node === n).length).toBeGreaterThan(0);
 
+      const tMedia = Date.now();
+      if (process.env.LB_DEBUG) console.log(kind, `60 logins: ${tMedia - t0} ms`);
       const media = await batched(logins, 12, async (l) => {
         const keep = !liveByNode[kind].has(l.node);
         if (keep) liveByNode[kind].set(l.node, l.ip);
@@ -451,6 +449,9 @@ describe.skipIf(skipReason !== "")("three nodes behind HAProxy (L7 and L4 refere
       expect(media.filter((m) => m.r.ok !== true).map((m) => `${m.l.ip}: ${JSON.stringify(m.r)}`)).toEqual(
         [],
       );
+      if (process.env.LB_DEBUG) console.log(kind, `60 media checks: ${Date.now() - tMedia} ms`);
+      if (process.env.LB_DEBUG)
+        console.log(kind, "UDP echo tries/ms:", media.map((m) => `${m.r.udpTries}/${m.r.udpMs}`).join(" "));
       // The SG that relayed each client is the serving node's, and it admitted the client's real address.
       for (const { l } of media) {
         const admitted = nodes[l.node]!.logs.some(

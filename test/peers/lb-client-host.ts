@@ -116,17 +116,21 @@ async function media(c: Record<string, unknown>, ca: string) {
     },
   });
   let udpOk = false;
+  const udpStarted = performance.now();
+  let udpTries = 0;
   for (let i = 0; i < 5 && !udpOk; i++) {
+    udpTries++;
     sock.send(`<udp ${ip} ${i}>`, port, targetIp);
     udpOk = await waitFor(() => k.udpText, `<udp ${ip} ${i}>`, 400);
   }
+  const udpMs = Math.round(performance.now() - udpStarted);
   if (c.keep && tcpOk && udpOk) {
     kept.set(ip, { tcp, udp: sock, received: k, targetIp, udpPort: port });
   } else {
     tcp.end();
     sock.close();
   }
-  return { ok: tcpOk && udpOk, tcp: tcpOk, udp: udpOk };
+  return { ok: tcpOk && udpOk, tcp: tcpOk, udp: udpOk, udpTries, udpMs };
 }
 
 async function ping(c: Record<string, unknown>) {
