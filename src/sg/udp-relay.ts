@@ -354,8 +354,8 @@ export async function startUdpRelay(options: UdpRelayOptions): Promise<StartResu
       if (f && table.clock - Math.max(f.lastUpAt, f.lastDownAt) >= idleMs) closeSession(s, "idle");
     }
     let awaiting = 0;
-    for (const a of admissions.list()) {
-      if (a.state !== "active" || settled.has(a.sessionLogId)) continue;
+    for (const a of admissions.list("active")) {
+      if (settled.has(a.sessionLogId)) continue;
       awaiting++;
       if (a.activatedAt !== null && table.clock - a.activatedAt >= verdictMs) verdict(a);
     }

@@ -212,6 +212,16 @@ describe("records and events", () => {
     expect(admissions.get(a.sessionLogId)?.state).toBe("active");
   });
 
+  test("list(state) copies only the records in that state (the UDP sweep asks for the active ones)", () => {
+    const { admissions } = setup();
+    const a = must(admissions.admit(req({ sessionLogId: "00000000-0000-4000-8000-00000000000a" })));
+    must(admissions.admit(req({ sessionLogId: "00000000-0000-4000-8000-00000000000b" })));
+    admissions.attachTcp(a.sessionLogId);
+    expect(admissions.list().length).toBe(2);
+    expect(admissions.list("active").map((x) => x.sessionLogId)).toEqual([a.sessionLogId]);
+    expect(admissions.list("pending").length).toBe(1);
+  });
+
   test("end() revokes at once (no grace); a second allocation of the same session replaces the first", () => {
     const { admissions, events } = setup();
     const a = must(admissions.admit(req()));
