@@ -69,6 +69,8 @@ export interface FakeBrokerOptions {
   readonly domains?: readonly string[];
   /** "cookie" (default): JSESSIONID; "client-log-id": ILS's fallback mode, the Client-Log-Id header is the key. */
   readonly sessionKey?: "cookie" | "client-log-id";
+  /** Milliseconds before answering each operation, e.g. { authenticate: 1500 } (a slow password check). */
+  readonly delayMs?: Readonly<Partial<Record<string, number>>>;
 }
 
 /**
@@ -139,6 +141,8 @@ export interface FakeBroker {
   dropConnections(): void;
   /** Broker sessions and their state, for assertions. */
   sessionStates(): ReadonlyMap<string, string>;
+  /** Requests of `op` being answered now, and the most there ever were at once (with `delayMs`). */
+  inFlight(op: string): { now: number; peak: number };
   close(): Promise<void>;
 }
 
@@ -183,6 +187,7 @@ export async function startFakeBroker(options: FakeBrokerOptions = {}): Promise<
   const byLogIdMode = options.sessionKey === "client-log-id";
 
   const requests: FakeBrokerRequest[] = [];
+  const flights = new Map<string, { now: number; peak: number }>();
   const launches: FakeLaunch[] = [];
   const sessions = new Map<string, Session>();
   let faults: { fault: FakeBrokerFault; op?: string; times: number }[] = [];
@@ -305,6 +310,15 @@ export async function startFakeBroker(options: FakeBrokerOptions = {}): Promise<
       s.end();
       record.status = 200;
       return;
+    }
+    const delay = msg ? options.delayMs?.[msg.op] : undefined;
+    if (delay) {
+      const f = flights.get(msg!.op) ?? { now: 0, peak: 0 };
+      flights.set(msg!.op, f);
+      f.now++;
+      f.peak = Math.max(f.peak, f.now);
+      await Bun.sleep(delay);
+      f.now--;
     }
     let answer: Answer;
     if (fault === "http-500") {
@@ -573,6 +587,10 @@ export async function startFakeBroker(options: FakeBrokerOptions = {}): Promise<
     },
     sessionStates() {
       return new Map([...sessions].map(([id, s]) => [id, s.state]));
+    },
+    inFlight(op) {
+      const f = flights.get(op);
+      return { now: f?.now ?? 0, peak: f?.peak ?? 0 };
     },
     async close() {
       if (listening) listener.stop(true);
