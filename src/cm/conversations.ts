@@ -8,6 +8,7 @@
  */
 import { type Logger, sessionLogger } from "../observability/log.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
+import type { WindowedWarn } from "../observability/windowed-log.ts";
 import { RESULTS, result, VENDOR_TEXT } from "../protocol/results.ts";
 import type {
   AllocateResource,
@@ -29,6 +30,7 @@ import {
   settleHello,
   settleList,
 } from "./flow.ts";
+import type { PasswordCheckGate } from "./password-checks.ts";
 import type { Session, SessionStore } from "./sessions.ts";
 import type { Throttle } from "./throttle.ts";
 
@@ -59,6 +61,10 @@ export interface ConversationsDeps {
   readonly broker: Broker;
   readonly store: SessionStore;
   readonly throttle: Throttle;
+  /** cm.maxPasswordChecksPerIp (node state: shared by reload generations). */
+  readonly passwordChecks: PasswordCheckGate;
+  /** Refusals a flood repeats are logged once per window (observability/windowed-log.ts). */
+  readonly warnOnce: WindowedWarn;
   readonly slots: EstablishmentSlots;
   readonly establish: EstablishDeps;
   readonly counters: CmCounters;
@@ -113,6 +119,7 @@ export class Conversations {
       return { reply: p.reply, ...(session ? { session } : {}) };
     }
     for (const e of p.effects) if (e.kind === "open-session") session = this.#open(req, session);
+    if (p.call !== "probe" && !session) return { reply: this.#refusedOpen(req, msg) };
     try {
       switch (p.call) {
         case "probe": {
@@ -171,8 +178,23 @@ export class Conversations {
     return { sessionLogId: id, clientIp: req.clientIp, clientLogId: req.clientLogId, log: slog };
   }
 
-  /** Creates a session, or restarts `existing` in place (same cookie, fresh conversation, sign-in forgotten). */
-  #open(req: CmRequest, existing: Session | undefined): Session {
+  /** The answer when no pre-session could be opened: every one the IP (or the node) holds is signing in or in. */
+  #refusedOpen(req: CmRequest, msg: ClientRequest): BrokerResponse {
+    this.#d.counters.preSessionsRefused++;
+    this.#d.counters.busy++;
+    this.#d.warnOnce(
+      "pre_sessions_refused",
+      { clientIp: req.clientIp },
+      "pre-sessions: a hello was refused: every pre-session of its client IP (cm.maxPreSessionsPerIp) or of the node (cm.maxPreSessions) is signed in or signing in; raise the limit if that many users really start at once",
+    );
+    return failureFor(msg);
+  }
+
+  /**
+   * Creates a session, or restarts `existing` in place (same cookie, fresh conversation, sign-in forgotten);
+   * undefined when the store refused a new one (nothing it may evict).
+   */
+  #open(req: CmRequest, existing: Session | undefined): Session | undefined {
     const { store, broker, log, journal } = this.#d;
     const now = this.#now();
     if (existing) {
@@ -204,7 +226,10 @@ export class Conversations {
       log: slog,
       queue: Promise.resolve(),
     };
-    store.add(s, now);
+    if (!store.add(s, now)) {
+      void s.conversation.close().catch(() => undefined);
+      return undefined;
+    }
     slog.info({ clientIp: req.clientIp }, "pre-session opened");
     journal?.reached(s.logId, "hello");
     return s;
@@ -298,6 +323,15 @@ export class Conversations {
         effects: [],
       };
     }
+    const busy = (): AuthenticateOutcome => ({
+      resp: {
+        op: "authenticate-resp" as const,
+        method,
+        result: result("AUTH_FAILED_BROKER_ERROR", RESULTS.ALLOC_FAILED_SERVER_BUSY),
+      },
+    });
+    // Mid-authentication from here to the answer: the pre-session store never evicts this session.
+    s.authenticating = true;
     try {
       if (verdict.waitMs > 0) {
         s.log.info(
@@ -306,18 +340,26 @@ export class Conversations {
         );
         await this.#d.establish.clock.sleep(verdict.waitMs);
       }
-      const outcome = await this.#d.slots.run<AuthenticateOutcome>(
-        () => ({
-          resp: {
-            op: "authenticate-resp" as const,
-            method,
-            result: result("AUTH_FAILED_BROKER_ERROR", RESULTS.ALLOC_FAILED_SERVER_BUSY),
-          },
-        }),
-        () => s.conversation.authenticate(msg),
-      );
-      return settleAuthenticate(s.state, msg, outcome);
+      const slot = await this.#d.passwordChecks.acquire(s.clientIp);
+      if (slot.kind === "busy") {
+        counters.busy++;
+        this.#d.warnOnce(
+          `password_checks_${slot.reason}`,
+          { clientIp: s.clientIp, reason: slot.reason },
+          `busy: a password check of ${s.clientIp} waited for one of its cm.maxPasswordChecksPerIp slots ${slot.reason === "wait_timeout" ? "longer than 10 s" : "behind too many others"}; answered busy`,
+        );
+        return settleAuthenticate(s.state, msg, busy());
+      }
+      try {
+        const outcome = await this.#d.slots.run<AuthenticateOutcome>(busy, () =>
+          s.conversation.authenticate(msg),
+        );
+        return settleAuthenticate(s.state, msg, outcome);
+      } finally {
+        slot.release();
+      }
     } finally {
+      s.authenticating = false;
       verdict.release();
     }
   }

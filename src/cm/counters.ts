@@ -20,6 +20,10 @@ export interface CmCounters {
   targetsRefused: Record<string, number>;
   /** Establishments in flight now (a gauge: up and down). */
   establishing: number;
+  /** Pre-sessions evicted to make room (issue 16 #4), by cause: the store full, or the client IP's share. */
+  preSessionsEvicted: { global: number; per_ip: number };
+  /** New pre-sessions refused: nothing could be evicted (all signed in or mid-authentication). */
+  preSessionsRefused: number;
 }
 
 export function newCmCounters(): CmCounters {
@@ -34,5 +38,7 @@ export function newCmCounters(): CmCounters {
     allocations: {},
     targetsRefused: {},
     establishing: 0,
+    preSessionsEvicted: { global: 0, per_ip: 0 },
+    preSessionsRefused: 0,
   };
 }

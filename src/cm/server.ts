@@ -22,6 +22,7 @@ import { clientAddress, type TrustedProxies } from "../net/client-address.ts";
 import type { ConnInfo } from "../net/http1.ts";
 import type { Logger } from "../observability/log.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
+import { windowedWarn } from "../observability/windowed-log.ts";
 import {
   buildAllocateResourceResp,
   buildAuthenticateResp,
@@ -41,6 +42,7 @@ import { type CmCounters, newCmCounters } from "./counters.ts";
 import { DesktopHolds } from "./desktop-holds.ts";
 import { type CmClock, EstablishmentSlots, type SessionGateway } from "./establish.ts";
 import type { SessionState } from "./flow.ts";
+import { createPasswordCheckGate, type PasswordCheckGate } from "./password-checks.ts";
 import { createSessionStore, type SessionStore } from "./sessions.ts";
 import { createThrottle, type Throttle, type ThrottleOptions } from "./throttle.ts";
 
@@ -57,6 +59,10 @@ export interface CmLimits {
   readonly maxConcurrentEstablishments: number;
   /** Largest request body (also enforced by http1). Default 64 KiB. */
   readonly bodyLimitBytes: number;
+  /** Pre-session records opened from one client IP (its own oldest hello is evicted beyond). Default 64. */
+  readonly maxPreSessionsPerIp: number;
+  /** Password checks of one client IP at once, for a CM without a node state (tests). Default 4. */
+  readonly maxPasswordChecksPerIp: number;
 }
 
 export const DEFAULT_CM_LIMITS: CmLimits = {
@@ -64,6 +70,8 @@ export const DEFAULT_CM_LIMITS: CmLimits = {
   preSessionIdleMs: 900_000,
   maxConcurrentEstablishments: 200,
   bodyLimitBytes: 65_536,
+  maxPreSessionsPerIp: 64,
+  maxPasswordChecksPerIp: 4,
 };
 
 /**
@@ -73,6 +81,8 @@ export const DEFAULT_CM_LIMITS: CmLimits = {
  */
 export interface CmNodeState {
   readonly throttle: Throttle;
+  /** cm.maxPasswordChecksPerIp: the password checks one client IP runs at once (the rest queue). */
+  readonly passwordChecks: PasswordCheckGate;
   readonly desktopHolds: DesktopHolds;
   readonly counters: CmCounters;
   /** While draining, allocations are refused and GET answers 503. */
@@ -141,12 +151,14 @@ const defaultRandom: CmRandom = {
 
 /** A node state of the app's own (tests and tools that run one CM without the appliance). */
 export function standaloneNodeState(
-  options: Pick<CmAppOptions, "throttle" | "gateway">,
+  options: Pick<CmAppOptions, "throttle" | "gateway" | "limits">,
 ): CmNodeState & { setDraining(on: boolean): void } {
   let draining = false;
   const isLive = options.gateway?.isLive?.bind(options.gateway);
+  const checksPerIp = options.limits?.maxPasswordChecksPerIp ?? DEFAULT_CM_LIMITS.maxPasswordChecksPerIp;
   return {
     throttle: createThrottle(options.throttle ?? {}),
+    passwordChecks: createPasswordCheckGate({ maxPerIp: () => checksPerIp }),
     desktopHolds: new DesktopHolds(isLive),
     counters: newCmCounters(),
     get draining() {
@@ -174,12 +186,22 @@ export function createCmApp(options: CmAppOptions): CmApp {
   const { counters, throttle } = node;
   let ready = true;
 
+  const warnOnce = windowedWarn(log);
   const store = createSessionStore({
     maxPreSessions: limits.maxPreSessions,
+    maxPreSessionsPerIp: limits.maxPreSessionsPerIp,
     idleMs: limits.preSessionIdleMs,
     onRemove(s, reason) {
       s.logon = undefined;
-      if (reason !== "bye") s.log.info({ reason }, `pre-session ended (${reason})`);
+      if (reason === "evicted" || reason === "evicted_per_ip") {
+        counters.preSessionsEvicted[reason === "evicted" ? "global" : "per_ip"]++;
+        const limit = reason === "evicted" ? "cm.maxPreSessions" : "cm.maxPreSessionsPerIp";
+        warnOnce(
+          reason,
+          { limit, clientIp: s.clientIp },
+          `pre-sessions: ${limit} reached; the oldest that had only said hello was evicted (never a signed-in one or one signing in); raise ${limit} if that many users really start at once from there`,
+        );
+      } else if (reason !== "bye") s.log.info({ reason }, `pre-session ended (${reason})`);
       journal?.cmEnded(s.logId, reason);
       void s.conversation.close().catch(() => undefined);
     },
@@ -190,6 +212,8 @@ export function createCmApp(options: CmAppOptions): CmApp {
     broker: options.broker,
     store,
     throttle,
+    passwordChecks: node.passwordChecks,
+    warnOnce,
     slots: new EstablishmentSlots(limits.maxConcurrentEstablishments, counters, log),
     establish: {
       agentClient: options.agentClient,

@@ -3,8 +3,13 @@
  * client lost its cookie, by its `Client-Log-Id` header (PROTOCOL.md §1.2). Bounded (SPEC §3 limits):
  *
  * - a record idle for `idleMs` (15 min) is forgotten;
- * - at most `maxPreSessions` records: a new one evicts the least recently used unauthenticated record, or,
- *   when every record is signed in, the least recently used one.
+ * - at most `maxPreSessionsPerIp` records opened from one client IP: a new one evicts that IP's least recently
+ *   used evictable record (issue 16 #4: one host's hello flood evicted other users mid-login);
+ * - at most `maxPreSessions` records: a new one evicts the least recently used evictable record.
+ *
+ * Evictable means only said hello: eviction never takes a signed-in record or one mid-authentication (a password
+ * check under way, or a second factor pending). When nothing can be evicted, the new record is refused (`add`
+ * answers false) and the client gets a failure, not someone else's conversation.
  *
  * Every removal goes through `onRemove` (the server closes the broker conversation and drops the password).
  * Records are touched on every request, so Map order is least-recently-used first.
@@ -40,12 +45,17 @@ export interface Session {
   log: Logger;
   /** Requests of one session run one at a time (a client sending two at once must not interleave them). */
   queue: Promise<unknown>;
+  /** A password check of this session is under way (its throttle wait, queue or the check): never evicted. */
+  authenticating?: boolean;
 }
 
-export type RemovalReason = "bye" | "expired" | "evicted" | "shutdown";
+/** `evicted`: the store was full; `evicted_per_ip`: the client IP held `maxPreSessionsPerIp` records. */
+export type RemovalReason = "bye" | "expired" | "evicted" | "evicted_per_ip" | "shutdown";
 
 export interface SessionStoreOptions {
   readonly maxPreSessions: number;
+  /** Records opened from one client IP (counted by the IP that opened them). Default: no per-IP bound. */
+  readonly maxPreSessionsPerIp?: number;
   readonly idleMs: number;
   onRemove?(session: Session, reason: RemovalReason): void;
 }
@@ -55,8 +65,11 @@ export interface SessionStore {
   get(cookie: string, now: number): Session | undefined;
   /** The session last opened with this Client-Log-Id, unless expired. */
   byClientLogId(clientLogId: string, now: number): Session | undefined;
-  /** Stores a new session, evicting one first when full. */
-  add(session: Session, now: number): void;
+  /**
+   * Stores a new session, evicting an evictable one first when its IP's share or the store is full; false (the
+   * session not stored) when nothing may be evicted.
+   */
+  add(session: Session, now: number): boolean;
   /** Marks a request: moves the session to the most recently used end. */
   touch(session: Session, now: number): void;
   /** Re-indexes the Client-Log-Id of a restarted session. */
@@ -69,17 +82,30 @@ export interface SessionStore {
   readonly size: number;
   countsByState(): Record<SessionState, number>;
   list(): readonly Session[];
-  readonly counters: { created: number; removed: Record<RemovalReason, number> };
+  /** `refused`: new records not stored because nothing could be evicted. */
+  readonly counters: { created: number; refused: number; removed: Record<RemovalReason, number> };
 }
 
 export function createSessionStore(options: SessionStoreOptions): SessionStore {
   const byId = new Map<string, Session>();
   const byLogId = new Map<string, string>();
-  const counters = { created: 0, removed: { bye: 0, expired: 0, evicted: 0, shutdown: 0 } };
+  /** Records by the client IP that opened them (a session's clientIp may change later; its slot stays here). */
+  const byIp = new Map<string, Set<Session>>();
+  const openedFrom = new WeakMap<Session, string>();
+  const maxPerIp = options.maxPreSessionsPerIp ?? Number.POSITIVE_INFINITY;
+  const counters = {
+    created: 0,
+    refused: 0,
+    removed: { bye: 0, expired: 0, evicted: 0, evicted_per_ip: 0, shutdown: 0 },
+  };
 
   const remove = (s: Session, reason: RemovalReason) => {
     if (byId.get(s.cookie) !== s) return;
     byId.delete(s.cookie);
+    const ip = openedFrom.get(s);
+    const mine = ip === undefined ? undefined : byIp.get(ip);
+    mine?.delete(s);
+    if (ip !== undefined && mine?.size === 0) byIp.delete(ip);
     if (s.clientLogId !== "" && byLogId.get(s.clientLogId) === s.cookie) byLogId.delete(s.clientLogId);
     counters.removed[reason]++;
     options.onRemove?.(s, reason);
@@ -93,16 +119,24 @@ export function createSessionStore(options: SessionStoreOptions): SessionStore {
     return s;
   };
 
-  const evictOne = () => {
-    let victim: Session | undefined;
+  const evictable = (s: Session) => s.state === "hello" && s.authenticating !== true;
+
+  /** The least recently used evictable record of the store (Map order is LRU). */
+  const evictOne = (): boolean => {
     for (const s of byId.values()) {
-      if (s.state === "hello" || s.state === "auth_partial") {
-        victim = s;
-        break;
-      }
+      if (!evictable(s)) continue;
+      remove(s, "evicted");
+      return true;
     }
-    victim ??= byId.values().next().value;
-    if (victim) remove(victim, "evicted");
+    return false;
+  };
+
+  /** The least recently used evictable record opened from `ip` (at most maxPreSessionsPerIp to look at). */
+  const evictOneOf = (mine: Set<Session>): boolean => {
+    let victim: Session | undefined;
+    for (const s of mine) if (evictable(s) && (!victim || s.lastSeen < victim.lastSeen)) victim = s;
+    if (victim) remove(victim, "evicted_per_ip");
+    return victim !== undefined;
   };
 
   const sweep = (now: number) => {
@@ -125,10 +159,25 @@ export function createSessionStore(options: SessionStoreOptions): SessionStore {
     },
     add(session, now) {
       sweep(now);
-      while (byId.size >= options.maxPreSessions) evictOne();
+      const ip = session.clientIp;
+      const mine = byIp.get(ip) ?? new Set<Session>();
+      while (mine.size >= maxPerIp) {
+        if (evictOneOf(mine)) continue;
+        counters.refused++;
+        return false;
+      }
+      while (byId.size >= options.maxPreSessions) {
+        if (evictOne()) continue;
+        counters.refused++;
+        return false;
+      }
       byId.set(session.cookie, session);
       if (session.clientLogId !== "") byLogId.set(session.clientLogId, session.cookie);
+      mine.add(session);
+      byIp.set(ip, mine);
+      openedFrom.set(session, ip);
       counters.created++;
+      return true;
     },
     touch(session, now) {
       session.lastSeen = now;

@@ -17,6 +17,7 @@ import { createBuiltinBroker } from "../cm/brokers/builtin.ts";
 import { type BrokerReachability, watchBroker } from "../cm/brokers/reachability.ts";
 import { createUpstreamBroker } from "../cm/brokers/upstream.ts";
 import type { CmCounters } from "../cm/counters.ts";
+import type { PasswordCheckCounters } from "../cm/password-checks.ts";
 import { type CmApp, createCmApp, type SessionGateway } from "../cm/server.ts";
 import type { Config } from "../config/schema.ts";
 import { parseAgentAddress } from "../config/schema.ts";
@@ -81,7 +82,7 @@ export async function startCmPlane(
     const byState: Record<string, number> = {};
     for (const b of [current, ...retired])
       for (const [k, v] of Object.entries(b.app.sessionsByState())) byState[k] = (byState[k] ?? 0) + v;
-    return cmFamilies(counters, byState);
+    return [...cmFamilies(counters, byState), ...perIpFamilies(counters, deps.node.passwordChecks.counters)];
   });
 
   // A reload builds a new CM app; the previous one keeps answering the conversations it holds (by cookie) until
@@ -277,6 +278,8 @@ function build(
       preSessionIdleMs: config.cm.preSessionIdleSeconds * 1000,
       maxConcurrentEstablishments: config.cm.maxConcurrentEstablishments,
       bodyLimitBytes: config.cm.bodyLimitBytes,
+      maxPreSessionsPerIp: config.cm.maxPreSessionsPerIp,
+      maxPasswordChecksPerIp: config.cm.maxPasswordChecksPerIp,
     },
     node: deps.node,
     agentTargets: compileAgentTargets({
@@ -289,6 +292,36 @@ function build(
   });
   const reach = watchBroker(broker, log, { onChange: (up) => app.setReady(up) });
   return { ok: true, built: { app, broker, reach } };
+}
+
+/** The per-client-IP caps of issue 16 (#4 pre-sessions, #5 password checks): what they evicted, queued, refused. */
+function perIpFamilies(c: CmCounters, checks: PasswordCheckCounters): MetricFamily[] {
+  return [
+    {
+      name: "pcoip_cm_pre_session_evictions_total",
+      help: "Pre-sessions that had only said hello, evicted for a new one (global: cm.maxPreSessions, per_ip: cm.maxPreSessionsPerIp).",
+      type: "counter",
+      samples: Object.entries(c.preSessionsEvicted).map(([reason, value]) => ({ labels: { reason }, value })),
+    },
+    {
+      name: "pcoip_cm_pre_session_refusals_total",
+      help: "Hellos refused a pre-session: every one of the IP (or the node) was signed in or signing in.",
+      type: "counter",
+      samples: [{ value: c.preSessionsRefused }],
+    },
+    {
+      name: "pcoip_cm_password_checks_queued_total",
+      help: "Password checks that waited for one of their client IP's cm.maxPasswordChecksPerIp slots.",
+      type: "counter",
+      samples: [{ value: checks.queued }],
+    },
+    {
+      name: "pcoip_cm_password_check_busy_total",
+      help: "Password checks answered busy without checking, by reason (wait_timeout: 10 s in the IP's queue).",
+      type: "counter",
+      samples: Object.entries(checks.busy).map(([reason, value]) => ({ labels: { reason }, value })),
+    },
+  ];
 }
 
 /** The CM's metric families: counters from the node state (monotonic across reloads), gauges from the generations. */

@@ -8,6 +8,7 @@
 
 import { type CmCounters, newCmCounters } from "../cm/counters.ts";
 import { DesktopHolds } from "../cm/desktop-holds.ts";
+import { createPasswordCheckGate } from "../cm/password-checks.ts";
 import type { CmNodeState } from "../cm/server.ts";
 import { createThrottle, type Throttle, type ThrottleOptions } from "../cm/throttle.ts";
 import type { Config } from "../config/schema.ts";
@@ -48,9 +49,13 @@ export function createNodeState(config: Readonly<Config>, deps: NodeStateDeps = 
   const throttle = createThrottle(throttleOptions(config));
   const desktopHolds = new DesktopHolds(deps.isLive);
   const counters = newCmCounters();
+  // Per-IP password checks: queued checks must survive a reload, and the limit follows the reloaded config.
+  let checksPerIp = config.cm.maxPasswordChecksPerIp;
+  const passwordChecks = createPasswordCheckGate({ maxPerIp: () => checksPerIp });
   let draining = false;
   return {
     throttle,
+    passwordChecks,
     desktopHolds,
     counters,
     get draining() {
@@ -63,6 +68,7 @@ export function createNodeState(config: Readonly<Config>, deps: NodeStateDeps = 
     },
     reconfigure(next) {
       throttle.reconfigure(throttleOptions(next));
+      checksPerIp = next.cm.maxPasswordChecksPerIp;
     },
   };
 }
