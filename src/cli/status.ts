@@ -10,7 +10,7 @@ import { loadConfig } from "../config/load.ts";
 import { parseListen } from "../config/schema.ts";
 import { adminTokenOf } from "../observability/admin-token.ts";
 import { type CommandRunner, runCommand, systemdRunning } from "../platform/host.ts";
-import { installLayout, SERVICE_NAME } from "../platform/paths.ts";
+import { installLayout, packagedBy, SERVICE_NAME } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
 import { type FlagSpec, flagString, formatFlags, parseArgs } from "./args.ts";
 import { binaryVersion } from "./bundle.ts";
@@ -196,17 +196,20 @@ export async function runStatus(argv: string[], io: CliIo, deps: StatusDeps): Pr
   const layout = installLayout(flagString(parsed.args, "root") ?? "/");
   const d = layout.disk;
   const line = (k: string, v: string) => io.stdout(`${`${k}:`.padEnd(14)}${v}\n`);
-  if (!existsSync(d.binary) && !existsSync(d.configFile)) {
+  if (!existsSync(d.binary) && !existsSync(d.configFile) && packagedBy(layout) === undefined) {
     line("installed", `no (${layout.host.binary} and ${layout.host.configFile} are absent)`);
     return 4;
   }
   const record = readInstallRecord(d.installRecord);
+  const packaged = packagedBy(layout);
   const reported = existsSync(d.binary) ? await binaryVersion(deps.run, d.binary) : undefined;
   line(
     "installed",
-    existsSync(d.binary)
-      ? `${layout.host.binary} ${reported ?? record?.version ?? "(version unknown)"}${record ? ` since ${record.installedAt} from ${record.source}` : ""}`
-      : `config only (${layout.host.binary} is absent)`,
+    packaged
+      ? `${layout.host.packageBinary} from the ${packaged} package, ${(await binaryVersion(deps.run, layout.disk.packageBinary)) ?? "(version unknown)"}`
+      : existsSync(d.binary)
+        ? `${layout.host.binary} ${reported ?? record?.version ?? "(version unknown)"}${record ? ` since ${record.installedAt} from ${record.source}` : ""}`
+        : `config only (${layout.host.binary} is absent)`,
   );
   if (existsSync(d.previousBinary))
     line(

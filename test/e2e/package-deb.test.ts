@@ -99,6 +99,13 @@ describe.skipIf(skip !== undefined)("deb", () => {
       120_000,
     );
     expect(setup).toContain("the deb package installed the executable and the unit");
+    const compose = await s.exec([
+      "pcoip-cmsg-setup",
+      "configure",
+      "--compose-file",
+      "/opt/vendor/docker-compose.yml",
+    ]);
+    expect(compose.err).toContain('logLevel = "debug"');
     expect(existsSync(join(root!.merged, "etc/pcoip-cmsg/certs/cm.pem"))).toBe(true);
 
     // start, is-active; READY=1 and the status line came through sd_notify.
@@ -107,6 +114,9 @@ describe.skipIf(skip !== undefined)("deb", () => {
     expect(await ok(["systemctl", "show", "--property=StatusText", "--value", "pcoip-cmsg"])).toContain(
       "serving",
     );
+    const status = await ok(["pcoip-cmsg", "status"]);
+    expect(status).toContain("/usr/bin/pcoip-cmsg from the deb package");
+    expect(status).toMatch(/desktops: warning: no --broker-url and no \[\[desktops\]\]/);
 
     // reload without /bin/kill: the new log level applies.
     const text = readFileSync(cfg, "utf8");

@@ -212,10 +212,23 @@ export class OverlayRoot {
   }
 }
 
+/** The child of `pid` that runs systemd, or 0. */
+function systemdChild(pid: number): number {
+  try {
+    for (const c of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(" ")) {
+      if (c === "") continue;
+      const cmd = readFileSync(`/proc/${c}/cmdline`, "utf8");
+      if (cmd.startsWith("/lib/systemd/systemd\0")) return Number(c);
+    }
+  } catch {}
+  return 0;
+}
+
 /**
  * A minimal Debian 12 booted with systemd as PID 1 on an overlay of the cached root, in new PID, mount, UTS, IPC,
  * network and cgroup namespaces (each cgroup hierarchy gets a fresh child group first, so the guest's systemd
  * manages its own subtree and nothing of this machine's). systemd-nspawn does not work here; this does.
+ * `unshare --kill-child`: when the launcher dies for any reason, PID 1 and so the whole namespace die with it.
  */
 export class BootedSystem {
   private constructor(
@@ -234,40 +247,37 @@ echo "$lines" | while IFS=: read -r id ctrl path; do
   [ -d "$d$path" ] || continue
   mkdir -p "$d$path/${cgroupName}" && echo $$ >"$d$path/${cgroupName}/cgroup.procs" || true
 done
-exec unshare --pid --fork --mount --uts --ipc --net --cgroup sh -c 'mount --make-rprivate / && exec chroot "${root.merged}" /usr/bin/env -i container=pcoip-cmsg-test /lib/systemd/systemd --system'`;
+exec unshare --kill-child --pid --fork --mount --uts --ipc --net --cgroup sh -c 'mount --make-rprivate / && exec chroot "${root.merged}" /usr/bin/env -i container=pcoip-cmsg-test /lib/systemd/systemd --system'`;
+    // systemd's console output goes to a file: an unread pipe would fill and stall PID 1.
+    const consoleLog = join(root.dir, "console.log");
     const launcher = Bun.spawn(["sh", "-c", script], {
       stdin: "ignore",
-      stdout: "ignore",
-      stderr: "pipe",
+      stdout: Bun.file(consoleLog),
+      stderr: Bun.file(consoleLog),
       env: cleanEnv(),
     });
+    // PID 1 is unshare's child once it has exec'd systemd (earlier children of the launcher are cat and mkdir).
     let pid1 = 0;
-    for (let i = 0; i < 100 && pid1 === 0; i++) {
+    for (let i = 0; i < 300 && pid1 === 0 && launcher.exitCode === null; i++) {
       await Bun.sleep(100);
-      try {
-        pid1 =
-          Number(
-            readFileSync(`/proc/${launcher.pid}/task/${launcher.pid}/children`, "utf8").trim().split(" ")[0],
-          ) || 0;
-      } catch {
-        break;
-      }
+      pid1 = systemdChild(launcher.pid);
     }
     const booted = new BootedSystem(root, launcher, pid1, cgroupName);
     if (pid1 === 0) {
       await booted.shutdown();
       throw new Error(
-        `systemd did not start in the namespaces: ${await new Response(launcher.stderr as ReadableStream).text()}`,
+        `systemd did not start in the namespaces: ${existsSync(consoleLog) ? readFileSync(consoleLog, "utf8").slice(-2000) : ""}`,
       );
     }
-    // Wait until the system has finished booting (running or degraded).
-    for (let i = 0; i < 150; i++) {
-      const r = await booted.exec(["systemctl", "is-system-running"]);
-      if (/^(running|degraded)/.test(r.out)) return booted;
-      await Bun.sleep(200);
+    // Wait until the system has finished booting (running or degraded); slow on 2 busy cores.
+    let said = "";
+    for (let i = 0; i < 120; i++) {
+      said = (await booted.exec(["systemctl", "is-system-running"])).out.trim();
+      if (/^(running|degraded)/.test(said)) return booted;
+      await Bun.sleep(500);
     }
     await booted.shutdown();
-    throw new Error("the booted system did not reach running within 30 s");
+    throw new Error(`the booted system did not reach running within 60 s (is-system-running: ${said})`);
   }
 
   /** Runs a command inside the booted system (its namespaces and root). */
