@@ -3,8 +3,15 @@
  * flow.ts what to do and performs it — opening and ending sessions, the broker calls, the failed-login throttle,
  * the audit lines — and hands allocations to the pipeline (establish.ts). server.ts owns the HTTP around it.
  *
- * Sessions are found by the `JSESSIONID` cookie, else by the `Client-Log-Id` header from the session's own client
- * IP only (the header is not a secret: clients write it into their logs; the cookie is).
+ * Sessions are found by the `JSESSIONID` cookie, else by the `Client-Log-Id` header — the fallback for clients
+ * that drop cookies — from the session's own client IP only, and only while no request has come back with the
+ * cookie: the header is not a secret (clients write it into their logs, the agent gets it), and behind one NAT
+ * many users share an IP, so a conversation continued by its cookie is reachable by the cookie alone. The cookie
+ * is replaced at a successful sign-in (the pre-login value names nothing afterwards).
+ *
+ * The session id (SPEC §2) is made here, a random UUID: it keys the SG admission, its relays and the journal, so
+ * two clients sending the same Client-Log-Id never share or replace each other's session. The client's
+ * Client-Log-Id is logged (`clientLogId`) for correlation only.
  */
 import { type Logger, sessionLogger } from "../observability/log.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
@@ -72,7 +79,6 @@ export interface ConversationsDeps {
   readonly random: CmRandom;
 }
 
-const UUID_SHAPE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export class Conversations {
   readonly #d: ConversationsDeps;
@@ -85,22 +91,28 @@ export class Conversations {
   async handle(req: CmRequest, msg: ClientRequest): Promise<Answer> {
     const { store } = this.#d;
     const now = this.#now();
-    const byLogId = req.clientLogId !== "" ? store.byClientLogId(req.clientLogId, now) : undefined;
+    const byCookie = req.cookie ? store.get(req.cookie, now) : undefined;
+    const byLogId =
+      !byCookie && req.clientLogId !== "" ? store.byClientLogId(req.clientLogId, now) : undefined;
     const s =
-      (req.cookie ? store.get(req.cookie, now) : undefined) ??
-      (byLogId && byLogId.clientIp === req.clientIp ? byLogId : undefined);
+      byCookie ??
+      (byLogId && !byLogId.continuedByCookie && byLogId.clientIp === req.clientIp ? byLogId : undefined);
     if (!s) return this.#run(req, msg, undefined);
     store.touch(s, now);
-    s.clientIp = req.clientIp;
+    // Only the cookie moves a session to another address; a fallback-only conversation stays bound to its IP.
+    if (byCookie) {
+      s.continuedByCookie = true;
+      s.clientIp = req.clientIp;
+    }
     // One request of a session at a time, in arrival order.
     const done = s.queue.then(() => this.#run(req, msg, s));
     s.queue = done.catch(() => undefined);
     return done;
   }
 
-  /** The session id: the Client-Log-Id when UUID-shaped, else a fresh UUID. */
-  #idFor(req: CmRequest): string {
-    return UUID_SHAPE.test(req.clientLogId) ? req.clientLogId.toLowerCase() : this.#d.random.uuid();
+  /** A fresh session id: made by the server, never taken from the client. */
+  #newId(): string {
+    return this.#d.random.uuid();
   }
 
   #now(): number {
@@ -124,7 +136,7 @@ export class Conversations {
       switch (p.call) {
         case "probe": {
           counters.probes++;
-          const id = this.#idFor(req);
+          const id = this.#newId();
           const ctx = this.#context(req, id, sessionLogger(log, id));
           return { reply: await broker.probe(msg as Extract<ClientRequest, { op: "hello" }>, ctx) };
         }
@@ -202,19 +214,19 @@ export class Conversations {
       existing.user = undefined;
       existing.state = "hello";
       void existing.conversation.close().catch(() => undefined);
-      if (UUID_SHAPE.test(req.clientLogId) && req.clientLogId.toLowerCase() !== existing.logId) {
-        existing.logId = req.clientLogId.toLowerCase();
-        existing.log = sessionLogger(log, existing.logId);
-      }
       if (req.clientLogId !== existing.clientLogId) store.setClientLogId(existing, req.clientLogId);
       existing.conversation = broker.openConversation(this.#context(req, existing.logId, existing.log));
-      existing.log.info({ clientIp: req.clientIp }, "pre-session restarted by a new hello");
+      existing.log.info(
+        { clientIp: req.clientIp, clientLogId: req.clientLogId },
+        "pre-session restarted by a new hello",
+      );
       return existing;
     }
-    const id = this.#idFor(req);
+    const id = this.#newId();
     const slog = sessionLogger(log, id);
     const s: Session = {
-      cookie: Buffer.from(this.#d.random.bytes(16)).toString("hex"),
+      cookie: this.#newCookie(),
+      continuedByCookie: false,
       logId: id,
       clientLogId: req.clientLogId,
       state: "hello",
@@ -230,9 +242,13 @@ export class Conversations {
       void s.conversation.close().catch(() => undefined);
       return undefined;
     }
-    slog.info({ clientIp: req.clientIp }, "pre-session opened");
+    slog.info({ clientIp: req.clientIp, clientLogId: req.clientLogId }, "pre-session opened");
     journal?.reached(s.logId, "hello");
     return s;
+  }
+
+  #newCookie(): string {
+    return Buffer.from(this.#d.random.bytes(16)).toString("hex");
   }
 
   #finish(s: Session, settled: Settled): Answer {
@@ -252,6 +268,8 @@ export class Conversations {
           break;
         case "signed-in":
           s.user = e.user;
+          // A fresh cookie at sign-in: a value seen before it (a shared machine, a proxy log) names nothing now.
+          store.rekey(s, this.#newCookie());
           break;
         case "remember-logon":
           s.logon = e.logon;

@@ -25,8 +25,10 @@ export interface Logon {
 }
 
 export interface Session {
-  /** The JSESSIONID value: 128 random bits as 32 lower-case hex digits. */
-  readonly cookie: string;
+  /** The JSESSIONID value: 128 random bits as 32 lower-case hex digits; a fresh one at sign-in (`rekey`). */
+  cookie: string;
+  /** A request came back with the cookie: from then on the Client-Log-Id fallback no longer finds the session. */
+  continuedByCookie: boolean;
   /** The session id of SPEC §2 (36 characters), on every log line and sent to the agent. */
   logId: string;
   /** The client's raw Client-Log-Id ("" when absent): the fallback key. */
@@ -74,6 +76,8 @@ export interface SessionStore {
   touch(session: Session, now: number): void;
   /** Re-indexes the Client-Log-Id of a restarted session. */
   setClientLogId(session: Session, clientLogId: string): void;
+  /** Gives the session a new cookie; the old one names nothing from now on. */
+  rekey(session: Session, cookie: string): void;
   remove(session: Session, reason: RemovalReason): void;
   /** Forgets idle sessions. */
   sweep(now: number): void;
@@ -191,6 +195,14 @@ export function createSessionStore(options: SessionStoreOptions): SessionStore {
       }
       session.clientLogId = clientLogId;
       if (clientLogId !== "") byLogId.set(clientLogId, session.cookie);
+    },
+    rekey(session, cookie) {
+      if (byId.get(session.cookie) !== session) return;
+      byId.delete(session.cookie);
+      if (session.clientLogId !== "" && byLogId.get(session.clientLogId) === session.cookie)
+        byLogId.set(session.clientLogId, cookie);
+      session.cookie = cookie;
+      byId.set(cookie, session);
     },
     remove,
     sweep,

@@ -38,13 +38,16 @@ describe("happy path", () => {
       expect(hello.body).toContain("<method>AUTHENTICATE_VIA_PASSWORD</method>");
       expect(hello.body).toContain("<pcm-info>");
 
+      const preLogin = c.cookie;
       const auth = await c.authenticate("alice", "correct horse", "corp.example");
       expect(auth.resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
-      // The cookie is set once, not on every answer.
-      expect(auth.headers.some(([k]) => k === "Set-Cookie")).toBe(false);
+      // A fresh cookie at sign-in (the pre-login value names nothing now); otherwise it is not sent again.
+      expect(auth.headers.find(([k]) => k === "Set-Cookie")?.[1]).toMatch(/^JSESSIONID=[0-9a-f]{32}; /);
+      expect(c.cookie).not.toBe(preLogin);
 
       const list = await c.getResourceList();
       expect(list.resultId).toBe("LIST_SUCCESSFUL");
+      expect(list.headers.some(([k]) => k === "Set-Cookie")).toBe(false);
       expect(
         list.msg?.op === "get-resource-list-resp" && list.msg.resources.map((r) => r.resourceId),
       ).toEqual(["ws-1"]);
@@ -71,7 +74,9 @@ describe("happy path", () => {
         password: "correct horse",
         domain: "corp.example",
       });
-      expect(launched.sessionLogId).toBe(logId);
+      // The session id is the server's own UUID, not the client's Client-Log-Id (logged beside it).
+      expect(launched.sessionLogId).toMatch(UUID);
+      expect(launched.sessionLogId).not.toBe(logId);
       expect(launched.clientIp).toBe("127.0.0.1");
       expect(launched.clientName).toBe("laptop-17");
       expect(launched.clientMac).toBe("02:42:ac:11:00:02");
@@ -98,10 +103,10 @@ describe("happy path", () => {
     } finally {
       c.close();
     }
-    const mine = h.logs
-      .lines()
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .filter((l) => l.sessionId === logId);
+    const all = h.logs.lines().map((l) => JSON.parse(l) as Record<string, unknown>);
+    const opened = all.find((l) => l.msg === "pre-session opened" && l.clientLogId === logId);
+    expect(opened?.sessionId).toMatch(UUID);
+    const mine = all.filter((l) => l.sessionId === opened?.sessionId);
     expect(mine.some((l) => l.audit === true && l.event === "login_ok" && l.user === "alice")).toBe(true);
     expect(
       mine.some(

@@ -279,7 +279,9 @@ describe("Security Gateway", () => {
       });
       expect(admitted).toEqual([
         {
-          sessionLogId: logId,
+          sessionLogId: expect.stringMatching(
+            /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/,
+          ),
           agentSessionId: si.sessionId,
           clientIp: "127.0.0.1",
           agentHost: si.ipAddress,

@@ -387,7 +387,12 @@ describe("broker failures reach the client as the matching failure, with a log l
       });
       const line = cm.lines().findLast((l) => l.failure === kind)!;
       expect(String(line.msg)).toContain(cause);
-      expect(line.sessionId).toBe(ALICE_LOG_ID);
+      // The session id is the server's own; the client's Client-Log-Id is logged beside it when it opened.
+      const opened = cm
+        .lines()
+        .findLast((l) => l.msg === "pre-session opened" && l.clientLogId === ALICE_LOG_ID)!;
+      expect(line.sessionId).toBe(opened.sessionId);
+      expect(line.sessionId).not.toBe(ALICE_LOG_ID);
       expect(String(line.fix).length).toBeGreaterThan(10);
       // The user can go on once the broker is back: the CM rebuilds the broker's side as needed.
       const retry = await c.authenticate("alice", "alice pw", "corp.example");

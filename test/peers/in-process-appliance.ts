@@ -16,7 +16,7 @@ import { loadConfig } from "../../src/config/load.ts";
 import { createLogger, memoryDestination } from "../../src/observability/log.ts";
 import { type Appliance, startAppliance } from "../../src/platform/appliance.ts";
 import { type ApplianceProcessOptions, applianceToml } from "./appliance-process.ts";
-import { type Answer, type PcoipClient, pcoipClient } from "./pcoip-client.ts";
+import { type Answer, type PcoipClient, type PcoipClientOptions, pcoipClient } from "./pcoip-client.ts";
 import { testPki } from "./test-certs.ts";
 
 export interface InProcessAppliance {
@@ -24,7 +24,7 @@ export interface InProcessAppliance {
   readonly logs: ReturnType<typeof memoryDestination>;
   readonly dir: string;
   /** A PCoIP client of the CM (trusting the test CA). */
-  client(o?: { clientLogId?: string; dropCookies?: boolean }): PcoipClient;
+  client(o?: Partial<PcoipClientOptions>): PcoipClient;
   /** GET on the CM's HTTPS listener. */
   cmGet(path: string): Promise<{ status: number; body: string }>;
   /** hello → authenticate → list → allocate on a new client; resolves with the allocate answer. */
@@ -71,7 +71,7 @@ export async function startInProcessAppliance(
   const appliance = started.appliance;
   const cm = hostPort(appliance.bound.cm[0]!);
   const ca = testPki().ca.cert;
-  const client = (co: { clientLogId?: string; dropCookies?: boolean } = {}) =>
+  const client = (co: Partial<PcoipClientOptions> = {}) =>
     pcoipClient({ host: cm.host, port: cm.port, ca, servername: "localhost", ...co });
   return {
     appliance,

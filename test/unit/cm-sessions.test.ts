@@ -15,6 +15,7 @@ const conversation = {} as BrokerConversation; // never called by the store
 function session(id: string, state: SessionState, clientLogId = "", at = 0, clientIp = "127.0.0.1"): Session {
   return {
     cookie: id,
+    continuedByCookie: false,
     logId: `log-${id}`,
     clientLogId,
     state,
