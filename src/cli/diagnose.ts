@@ -341,7 +341,11 @@ function readText(file: string): string | undefined {
   }
 }
 
-/** Runs every check, in the order an administrator would go through them. Never throws for what it finds. */
+/**
+ * Runs every check, in the order an administrator would go through them. Never throws for what it finds. Long on
+ * purpose (≈ 260 lines): one flat list of short, independent check blocks reads in that order; each block with
+ * state of its own is a function below.
+ */
 export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise<CheckResult[]> {
   const out: CheckResult[] = [];
   const add = (verdict: Verdict, name: string, detail: string, fix?: string) =>

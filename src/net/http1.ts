@@ -133,6 +133,8 @@ interface Conn {
 /** Past this many unsent response bytes, a streamed body waits for the socket to drain. */
 const OUT_HIGH_WATER = 256 * 1024;
 
+// Long on purpose (≈ 500 lines): Bun calls one set of socket handlers per listener, and they all read and write the
+// same per-connection state and server counters; split, each piece would take that state as arguments.
 export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
   const limits: Http1Limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const maxConnections = opts.maxConnections ?? Number.POSITIVE_INFINITY;

@@ -136,6 +136,8 @@ interface Conn {
 const NO_BYTES = new Uint8Array(0);
 
 /**
+ * Long on purpose (≈ 470 lines): the client and agent socket handlers Bun calls share one closure over the relay's
+ * connections, counters and budget; split, every piece would take that state as arguments.
  * @example
  * const r = await startTcpRelay({ listen: [{ hostname: "0.0.0.0", port: 4172 }], admissions, log });
  * if (!r.ok) fail(`${r.error.what}: ${r.error.cause} (${r.error.fix})`);

@@ -116,6 +116,8 @@ function chooseDataPath(
 }
 
 /**
+ * Long on purpose (≈ 390 lines): the listener and per-session socket handlers Bun calls share one closure over the
+ * flow table and the data path; split, every piece would take that state as arguments.
  * @example
  * const r = await startUdpRelay({ listen: [{ hostname: "0.0.0.0", port: 4172 }], admissions, log });
  */

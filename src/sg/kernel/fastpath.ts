@@ -188,6 +188,8 @@ function writeFlag(path: string, value: "0" | "1"): void {
   }
 }
 
+// Long on purpose (≈ 210 lines): the kernel path's methods share one closure over the nftables handle and the
+// flows it carries; split, every piece would take that state as arguments.
 function kernelPath(
   nft: Nft,
   o: KernelPathOptions,
