@@ -165,10 +165,22 @@ describe("one drain flag", () => {
           agentHost: "127.0.0.1",
           sni: "desktop-1.test",
         });
+      // A client signed in and listed before the flag moves (a draining node also refuses new sign-ins).
+      const listed = async () => {
+        const c = node.client();
+        closers.push(() => c.close());
+        await c.hello();
+        expect((await c.authenticate("alice", "correct horse")).resultId).toBe(
+          "AUTH_SUCCESSFUL_AND_COMPLETE",
+        );
+        expect((await c.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
+        return c;
+      };
+      let next = await listed();
       const state = async () => ({
         readyz: (await fetch(`http://${appliance.bound.admin}/readyz`)).status,
         cmGet: (await node.cmGet("/pcoip-broker/xml")).status,
-        allocation: (await node.allocate()).resultId,
+        allocation: (await next.allocate("desktop-1")).resultId,
         sgAdmit: admit(Math.floor(Math.random() * 1e9)).ok,
       });
       expect(await state()).toEqual({
@@ -177,6 +189,7 @@ describe("one drain flag", () => {
         allocation: "ALLOC_SUCCESSFUL",
         sgAdmit: true,
       });
+      next = await listed();
       appliance.node.setDraining(true);
       expect(appliance.draining).toBe(true);
       expect(await state()).toEqual({
@@ -186,6 +199,7 @@ describe("one drain flag", () => {
         sgAdmit: false,
       });
       appliance.node.setDraining(false);
+      next = await listed();
       expect(await state()).toEqual({
         readyz: 200,
         cmGet: 200,

@@ -146,10 +146,12 @@ describe("out of order", () => {
       const again = await c.allocate("ws-1");
       expect(again.resultId).toBe("ALLOC_FAILED_RESOURCE_NOT_AVAILABLE");
       expect(again.resultStr).toContain("sign in again");
-      // A new hello restarts the conversation on the same cookie.
+      // A new hello restarts the conversation on the same cookie; the sign-in then gives it a fresh one.
       const cookie = c.cookie;
-      await signedInListed(c);
+      await c.hello();
       expect(c.cookie).toBe(cookie);
+      await signedInListed(c);
+      expect(c.cookie).not.toBe(cookie);
       expect((await c.allocate("ws-1")).resultId).toBe("ALLOC_SUCCESSFUL");
     } finally {
       c.close();

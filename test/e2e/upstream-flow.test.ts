@@ -237,7 +237,11 @@ describe("client → CM → broker → agent", () => {
         domain: "corp.example",
       });
       expect(ls.clientIp).toBe("127.0.0.1");
-      expect(ls.sessionLogId).toBe(aliceId);
+      // The server's own session id, not the client's Client-Log-Id (which the broker still gets).
+      expect(ls.sessionLogId).toMatch(
+        /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/,
+      );
+      expect(ls.sessionLogId).not.toBe(aliceId);
       expect(hostOnly.launches).toEqual([]);
       c.close();
     } finally {
@@ -319,11 +323,12 @@ describe("client → CM → broker → agent", () => {
       ]);
       expect(xa.msg?.op === "allocate-resource-resp" && xa.msg.result.resultId).toBe("ALLOC_SUCCESSFUL");
       expect(xb.msg?.op === "allocate-resource-resp" && xb.msg.result.resultId).toBe("ALLOC_SUCCESSFUL");
-      const logons = agent.requests
-        .slice(-2)
-        .map((r) => `${r.logon.username}/${r.sessionLogId}`)
-        .sort();
-      expect(logons).toEqual([`alice/${aliceId}`, `bob/${bobId}`]);
+      const launched = agent.requests.slice(-2);
+      expect(launched.map((r) => r.logon.username).sort()).toEqual(["alice", "bob"]);
+      // Two server-made session ids, neither the client's.
+      const ids = new Set(launched.map((r) => r.sessionLogId));
+      expect(ids.size).toBe(2);
+      expect(ids.has(aliceId) || ids.has(bobId)).toBe(false);
       const sent = hostOnly.requests.slice(start);
       const sessionsOf = (id: string) =>
         new Set(sent.filter((r) => r.header("client-log-id") === id).map((r) => r.sessionId));

@@ -57,6 +57,10 @@ const doc = (inner: string) => `<?xml version='1.0'?><pcoip-client version='2.1'
 const HELLO = doc(
   "<hello><client-info><product-name>Teradici PCoIP Desktop Client</product-name><hostname>h</hostname></client-info></hello>",
 );
+const SIGN_IN = doc(
+  "<authenticate method='password'><username>alice</username><password>pw</password><domain/></authenticate>",
+);
+const LIST = doc("<get-resource-list/>");
 const PROBE = doc("<hello><client-info><product-name>QueryBrokerClient</product-name></client-info></hello>");
 const post = (
   body: string,
@@ -147,40 +151,37 @@ describe("sessions and cookies", () => {
     const b = await post(HELLO, { "Client-Log-Id": "22222222-2222-4222-8222-222222222222" });
     expect(b.headers.get("set-cookie")).not.toContain(cookieA);
     // Sign in on A through its cookie while sending B's Client-Log-Id: A is the one signed in.
-    const auth = await post(
-      doc(
-        "<authenticate method='password'><username>alice</username><password>pw</password><domain/></authenticate>",
-      ),
-      {
-        Cookie: `other=1; JSESSIONID=${cookieA}`,
-        "Client-Log-Id": "22222222-2222-4222-8222-222222222222",
-      },
-    );
-    expect(await auth.text()).toContain("AUTH_SUCCESSFUL_AND_COMPLETE");
-    const listA = await post(doc("<get-resource-list/>"), {
-      "Client-Log-Id": "11111111-1111-4111-8111-111111111111",
-    });
-    expect(await listA.text()).toContain("LIST_SUCCESSFUL");
-    expect(listA.headers.get("set-cookie")).toContain(cookieA); // found without its cookie: offered again
-    const listB = await post(doc("<get-resource-list/>"), {
+    const auth = await post(SIGN_IN, {
+      Cookie: `other=1; JSESSIONID=${cookieA}`,
       "Client-Log-Id": "22222222-2222-4222-8222-222222222222",
     });
+    expect(await auth.text()).toContain("AUTH_SUCCESSFUL_AND_COMPLETE");
+    const signedIn = /JSESSIONID=([0-9a-f]{32})/.exec(auth.headers.get("set-cookie") ?? "")![1]!;
+    expect(signedIn).not.toBe(cookieA); // a fresh cookie at sign-in
+    expect(await (await post(LIST, { Cookie: `JSESSIONID=${signedIn}` })).text()).toContain(
+      "LIST_SUCCESSFUL",
+    );
+    expect(await (await post(LIST, { Cookie: `JSESSIONID=${cookieA}` })).text()).toContain(
+      "LIST_FAILED_NO_ENTITLEMENT",
+    );
+    // A was continued by its cookie: its Client-Log-Id no longer finds it.
+    const listA = await post(LIST, { "Client-Log-Id": "11111111-1111-4111-8111-111111111111" });
+    expect(await listA.text()).toContain("LIST_FAILED_NO_ENTITLEMENT");
+    // B (never continued by a cookie) is found by its header, and is not signed in.
+    const listB = await post(LIST, { "Client-Log-Id": "22222222-2222-4222-8222-222222222222" });
     expect(await listB.text()).toContain("LIST_FAILED_NO_ENTITLEMENT");
+    expect(listB.headers.get("set-cookie")).toMatch(/^JSESSIONID=/); // found without its cookie: offered again
   });
 
   test("Client-Log-Id is followed only from the session's own client IP (it is not a secret)", async () => {
     const id = "33333333-3333-4333-8333-333333333333";
-    const hello = await post(HELLO, { "Client-Log-Id": id }, undefined, "192.0.2.10");
-    const cookie = /JSESSIONID=([0-9a-f]{32})/.exec(hello.headers.get("set-cookie") ?? "")![1]!;
-    const signIn = doc(
-      "<authenticate method='password'><username>alice</username><password>pw</password><domain/></authenticate>",
-    );
-    await post(signIn, { Cookie: `JSESSIONID=${cookie}` }, undefined, "192.0.2.10");
-    const list = doc("<get-resource-list/>");
-    expect(await (await post(list, { "Client-Log-Id": id }, undefined, "192.0.2.99")).text()).toContain(
+    await post(HELLO, { "Client-Log-Id": id }, undefined, "192.0.2.10");
+    // A client that never sends its cookie signs in by the header.
+    await post(SIGN_IN, { "Client-Log-Id": id }, undefined, "192.0.2.10");
+    expect(await (await post(LIST, { "Client-Log-Id": id }, undefined, "192.0.2.99")).text()).toContain(
       "LIST_FAILED_NO_ENTITLEMENT",
     );
-    expect(await (await post(list, { "Client-Log-Id": id }, undefined, "192.0.2.10")).text()).toContain(
+    expect(await (await post(LIST, { "Client-Log-Id": id }, undefined, "192.0.2.10")).text()).toContain(
       "LIST_SUCCESSFUL",
     );
   });
@@ -190,15 +191,14 @@ describe("client address", () => {
   const signIn = async (peer: string, xff: string) => {
     const hello = await post(HELLO, { "X-Forwarded-For": xff }, undefined, peer);
     const cookie = /JSESSIONID=([0-9a-f]{32})/.exec(hello.headers.get("set-cookie") ?? "")![1]!;
-    await post(
-      doc(
-        "<authenticate method='password'><username>alice</username><password>pw</password><domain/></authenticate>",
-      ),
+    const auth = await post(
+      SIGN_IN,
       { Cookie: `JSESSIONID=${cookie}`, "X-Forwarded-For": xff },
       undefined,
       peer,
     );
-    return cm.sessions.get(cookie, Date.now())!;
+    const signedIn = /JSESSIONID=([0-9a-f]{32})/.exec(auth.headers.get("set-cookie") ?? "")![1]!;
+    return cm.sessions.get(signedIn, Date.now())!;
   };
   test("X-Forwarded-For from a trusted proxy is believed; from anyone else it is not", async () => {
     expect((await signIn("10.0.0.2", "198.51.100.7")).clientIp).toBe("198.51.100.7");
