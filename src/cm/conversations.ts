@@ -79,7 +79,6 @@ export interface ConversationsDeps {
   readonly random: CmRandom;
 }
 
-
 export class Conversations {
   readonly #d: ConversationsDeps;
 
