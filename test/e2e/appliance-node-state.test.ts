@@ -192,10 +192,11 @@ describe("one drain flag", () => {
       next = await listed();
       appliance.node.setDraining(true);
       expect(appliance.draining).toBe(true);
+      // A draining node refuses a new sign-in already ("shutting down"), before any allocation.
       expect(await state()).toEqual({
         readyz: 503,
         cmGet: 503,
-        allocation: "ALLOC_FAILED_SERVER_BUSY",
+        allocation: "AUTH_FAILED_BROKER_ERROR",
         sgAdmit: false,
       });
       appliance.node.setDraining(false);

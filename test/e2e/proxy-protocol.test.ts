@@ -95,6 +95,21 @@ describe("PROXY protocol from a listed balancer", () => {
   });
 });
 
+describe("certificate rotation on a PROXY listener", () => {
+  test("reloadTls: new connections get the new certificate, behind a header as before", async () => {
+    const s = serve(["127.0.0.1"], true);
+    const header = buildProxyV2(src, dst);
+    const before = await proxiedRequest({ port: s.port, header, tls: tlsOpts });
+    const next = pki.leaf(["localhost", "127.0.0.1", "rotated.test"]);
+    s.reloadTls({ cert: next.cert, key: next.key, ca: pki.ca.cert });
+    const after = await proxiedRequest({ port: s.port, header, tls: tlsOpts });
+    expect(after.text).toContain("ip=198.18.7.9");
+    expect(before.fingerprint).toBeDefined();
+    expect(after.fingerprint).toBeDefined();
+    expect(after.fingerprint).not.toBe(before.fingerprint);
+  });
+});
+
 describe("PROXY protocol from a peer that is not listed", () => {
   const tlsServer = serve(["198.18.0.0/15"], true);
   const plainServer = serve(["198.18.0.0/15"], false);

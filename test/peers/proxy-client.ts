@@ -21,17 +21,20 @@ export interface ProxiedRequest {
 }
 
 /** Sends the header and one request; resolves with everything received until the server closed (or timed out). */
-export function proxiedRequest(o: ProxiedRequest): Promise<{ text: string; closedWithoutAnswer: boolean }> {
+export function proxiedRequest(
+  o: ProxiedRequest,
+): Promise<{ text: string; closedWithoutAnswer: boolean; fingerprint?: string }> {
   const request = o.request ?? "GET /pcoip-broker/xml HTTP/1.1\r\nHost: cm\r\nConnection: close\r\n\r\n";
   return new Promise((resolve) => {
     let text = "";
+    let fingerprint: string | undefined;
     let done = false;
     const finish = () => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       sock.destroy();
-      resolve({ text, closedWithoutAnswer: text === "" });
+      resolve({ text, closedWithoutAnswer: text === "", ...(fingerprint ? { fingerprint } : {}) });
     };
     const timer = setTimeout(finish, o.timeoutMs ?? 5000);
     const sock = net.connect(o.port, o.host ?? "127.0.0.1");
@@ -65,9 +68,10 @@ export function proxiedRequest(o: ProxiedRequest): Promise<{ text: string; close
       });
       sock.on("data", (d: Buffer) => wire.push(d));
       sock.on("end", () => wire.push(null));
-      const t = tls.connect({ socket: wire, ca: opts.ca, servername: opts.serverName ?? "localhost" }, () =>
-        t.write(request),
-      );
+      const t = tls.connect({ socket: wire, ca: opts.ca, servername: opts.serverName ?? "localhost" }, () => {
+        fingerprint = t.getPeerCertificate().fingerprint256;
+        t.write(request);
+      });
       t.on("data", (d: Buffer) => {
         text += d.toString("latin1");
       });
