@@ -192,11 +192,10 @@ describe("one drain flag", () => {
       next = await listed();
       appliance.node.setDraining(true);
       expect(appliance.draining).toBe(true);
-      // A draining node refuses a new sign-in already ("shutting down"), before any allocation.
       expect(await state()).toEqual({
         readyz: 503,
         cmGet: 503,
-        allocation: "AUTH_FAILED_BROKER_ERROR",
+        allocation: "ALLOC_FAILED_SERVER_BUSY",
         sgAdmit: false,
       });
       appliance.node.setDraining(false);
