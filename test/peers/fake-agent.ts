@@ -8,7 +8,7 @@
  * With `endpoint: true` it also starts the agent's session endpoint (agent-endpoint.ts: TLS on TCP P + UDP echo on
  * P) and points session-info at it, so a client can go on through the SG.
  *
- * Demo: `bun test/peers/fake-agent.ts --port 60443 [--host 127.0.0.1] [--mode success] [--endpoint] [--cert F --key F]` prints one
+ * Demo: `bun test/peers/fake-agent.ts --port 60443 [--host 127.0.0.1] [--mode success] [--endpoint [--endpoint-port P]] [--cert F --key F]` prints one
  * JSON line per launch-session (user, domain, client ip, session-log-id; never the password).
  */
 import { readFileSync } from "node:fs";
@@ -50,6 +50,8 @@ export interface FakeAgentOptions {
   readonly key?: string;
   /** Also start the session endpoint (TCP+UDP) and point session-info at it. */
   readonly endpoint?: boolean;
+  /** The session endpoint's port (default 0: ephemeral). */
+  readonly endpointPort?: number;
   /** Called for each launch-session received (the demo prints it). */
   readonly onLaunch?: (ls: LaunchSession) => void;
 }
@@ -99,7 +101,7 @@ export async function startFakeAgent(options: FakeAgentOptions = {}): Promise<Fa
   let lastSessionInfo: FakeAgent["lastSessionInfo"];
   const timers = new Set<ReturnType<typeof setTimeout>>();
   const endpoint = options.endpoint
-    ? await startAgentEndpoint({ hostname, port: 0, cert: leaf.cert, key: leaf.key })
+    ? await startAgentEndpoint({ hostname, port: options.endpointPort ?? 0, cert: leaf.cert, key: leaf.key })
     : undefined;
 
   const answer = async (req: Request): Promise<Response> => {
@@ -228,6 +230,7 @@ if (import.meta.main) {
     port: Number(arg("port") ?? 60443),
     mode: (arg("mode") as FakeAgentMode | undefined) ?? "success",
     endpoint: process.argv.includes("--endpoint"),
+    endpointPort: Number(arg("endpoint-port") ?? 0),
     // --cert/--key FILE: a certificate of the caller's PKI (a test in another process trusts its own CA).
     ...(arg("cert") && arg("key")
       ? { cert: readFileSync(arg("cert")!, "utf8"), key: readFileSync(arg("key")!, "utf8") }
