@@ -35,8 +35,6 @@ export interface AdminOptions {
   readiness(): Promise<readonly ReadinessCheck[]> | readonly ReadinessCheck[];
   sessions(): unknown[];
   drain(): { draining: boolean; liveSessions: number };
-  /** More state-changing calls (POST /resume, …), each behind the token. */
-  readonly posts?: Readonly<Record<string, () => unknown>>;
   /** Refused calls are logged, once per minute per reason. */
   log?: Logger;
   /** Undoes an operator's drain (POST /resume); refused while the process shuts down. */
@@ -171,7 +169,6 @@ export function createAdminApp(opts: AdminAppOptions): Hono {
   );
   app.get("/sessions", (c) => c.json(opts.sessions()));
   app.post("/drain", (c) => c.json(opts.drain()));
-  for (const [path, call] of Object.entries(opts.posts ?? {})) app.post(path, (c) => c.json(call()));
   if (opts.resume) {
     const resume = opts.resume;
     app.post("/resume", (c) => {
