@@ -66,7 +66,16 @@ export async function writeApplianceConfig(o: ApplianceOptions, adminPort: numbe
     "",
     table("tls", { cert: o.certFile, key: o.keyFile, caCert: o.caCertFile }),
     "",
-    table("cm", { listen: "__CM__", redirectListen: "__REDIRECT__", ...o.cm }),
+    // One load generator at one address stands for many clients at many: the per-IP caps (issue 16) are lifted
+    // unless a bench sets them, or every bench would measure them instead of the CM.
+    table("cm", {
+      listen: "__CM__",
+      redirectListen: "__REDIRECT__",
+      maxConnectionsPerIp: 1_000_000,
+      maxPreSessionsPerIp: 1_000_000,
+      maxPasswordChecksPerIp: 10_000,
+      ...o.cm,
+    }),
     "",
     // The benches' agents are on loopback, which sg.agentNetworks never holds by default.
     table("sg", { tcpListen: "__SGT__", udpListen: "__SGU__", agentNetworks: "__AGENTNETS__", ...o.sg }),

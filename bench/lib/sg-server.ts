@@ -173,7 +173,12 @@ async function startRealCm(msg: Record<string, unknown>): Promise<Record<string,
     // The bench's agents answer 127.0.0.1:4172 (loopback is never in sg.agentNetworks by default).
     agentTargets: compileAgentTargets({ networks: ["127.0.0.0/8", "::1/128"] }),
     trustedProxies: compileTrustedProxies([]),
-    limits: { maxConcurrentEstablishments: 2000 },
+    // One load generator at one address stands for many clients at many: the per-IP caps (issue 16) are lifted.
+    limits: {
+      maxConcurrentEstablishments: 2000,
+      maxPreSessionsPerIp: 1_000_000,
+      maxPasswordChecksPerIp: 10_000,
+    },
   });
   const server = startHttp1Server({
     hostname: "127.0.0.1",

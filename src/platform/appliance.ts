@@ -126,7 +126,13 @@ export async function startAppliance(
   const metrics = createMetricsRegistry();
   // Two descriptor budgets under RLIMIT_NOFILE, so the process never meets EMFILE (sockets refused cleanly instead
   // of an accept loop spinning) and idle CM connections, which anyone can open, never take the relays' share.
-  const budgets = createDescriptorBudgets({ log });
+  const budgets = createDescriptorBudgets({
+    log,
+    demand: {
+      sgMaxSessions: config.enableSecurityGateway ? config.sg.maxSessions : 0,
+      cmMaxConnections: config.cm.maxConnections,
+    },
+  });
   const limits = budgets.sg;
   const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
   stops.push(() => journal.stop());

@@ -7,7 +7,8 @@
  *
  * The appliance gives the SG relays and the CM's front door separate budgets ({@link createDescriptorBudgets},
  * issue 16 #8): with one shared budget, idle or slow HTTPS connections — which anyone can open — took the
- * descriptors an admitted user's relay needed. A standalone SG (benches) uses {@link createRelayLimits} alone.
+ * descriptors an admitted user's relay needed. The split follows the planes' own limits (sg.maxSessions,
+ * cm.maxConnections), so a node configured for many sessions keeps the descriptors they need. A standalone SG (benches) uses {@link createRelayLimits} alone.
  */
 import { readFileSync } from "node:fs";
 import type { Logger } from "../observability/log.ts";
@@ -115,9 +116,6 @@ export function createBudget(capacity: number): DescriptorBudget {
   };
 }
 
-/** Of what the reserve leaves, the SG relays' share; the CM's front door gets the rest. */
-export const SG_SHARE = 0.6;
-
 /** The reserve: RESERVED_FDS, but at most a quarter of a small limit (1,024 would otherwise keep half). */
 export function reserveFor(nofile: number): number {
   return Math.min(RESERVED_FDS, Math.floor(nofile / 4));
@@ -132,14 +130,24 @@ export interface DescriptorBudgets {
   readonly cm: DescriptorBudget;
 }
 
+/** What each plane's configured limits can ask for: the split follows them. */
+export interface PlaneDemand {
+  /** sg.maxSessions (0 with the SG off): 3 descriptors each. */
+  readonly sgMaxSessions: number;
+  /** cm.maxConnections: 1 descriptor each. */
+  readonly cmMaxConnections: number;
+}
+
 /**
- * The appliance's two budgets from the soft RLIMIT_NOFILE: the reserve first, then {@link SG_SHARE} of the rest in
- * whole relays for the SG, the remainder for CM connections. Logged once (both figures and the fix).
+ * The appliance's two budgets from the soft RLIMIT_NOFILE: the reserve first, then the rest split in proportion to
+ * what the planes' limits can ask for — sg.maxSessions × 3 against cm.maxConnections (defaults 15,000 : 20,000) —
+ * the SG's part in whole relays. Neither plane can take the other's part; an operator shifts it by lowering one
+ * limit (or raises LimitNOFILE). Logged once, both figures and the fix.
  *
- * @example createDescriptorBudgets({ nofile: 1024 }) // reserve 256, SG 153 relays (459 fds), CM 309 connections
+ * @example createDescriptorBudgets({ nofile: 1024, demand }) // reserve 256, SG 109 relays (327 fds), CM 441
  */
 export function createDescriptorBudgets(
-  options: { nofile?: number | undefined; log?: Logger } = {},
+  options: { nofile?: number | undefined; demand?: PlaneDemand; log?: Logger } = {},
 ): DescriptorBudgets {
   const nofile = "nofile" in options ? options.nofile : readNofileSoftLimit();
   if (nofile === undefined) {
@@ -153,7 +161,10 @@ export function createDescriptorBudgets(
   }
   const reservedFds = reserveFor(nofile);
   const rest = Math.max(0, nofile - reservedFds);
-  const maxRelays = Math.floor((rest * SG_SHARE) / FDS_PER_RELAY);
+  const demand = options.demand ?? { sgMaxSessions: 5000, cmMaxConnections: 20000 };
+  const sgWant = demand.sgMaxSessions * FDS_PER_RELAY;
+  const share = sgWant + demand.cmMaxConnections > 0 ? sgWant / (sgWant + demand.cmMaxConnections) : 0;
+  const maxRelays = Math.floor((rest * share) / FDS_PER_RELAY);
   const sg = createRelayLimits({ nofile, reservedFds: nofile - maxRelays * FDS_PER_RELAY });
   const cm = createBudget(rest - maxRelays * FDS_PER_RELAY);
   options.log?.info(
@@ -165,7 +176,8 @@ export function createDescriptorBudgets(
       cmMaxConnections: cm.capacity,
     },
     `descriptor budgets from RLIMIT_NOFILE ${nofile}: SG ${maxRelays} relays (${maxRelays * FDS_PER_RELAY} fds), ` +
-      `CM ${cm.capacity} connections, ${reservedFds} reserved; raise LimitNOFILE in the unit for more`,
+      `CM ${cm.capacity} connections, ${reservedFds} reserved (split as sg.maxSessions × 3 : cm.maxConnections); ` +
+      "raise LimitNOFILE in the unit for more",
   );
   return { nofile, reservedFds, sg, cm };
 }

@@ -53,7 +53,7 @@ describe("descriptor budgets at RLIMIT_NOFILE 1,024", () => {
   test("1,000 idle CM connections cannot take the SG's share: an admitted user's relay and media work", async () => {
     expect(readFileSync(`/proc/${app.pid}/limits`, "utf8")).toMatch(/Max open files\s+1024\s+1024/);
     const budgets = await app.waitForLog((l) => String(l.msg).startsWith("descriptor budgets"), 5000);
-    expect(budgets).toMatchObject({ nofile: 1024, sgMaxRelays: 153, cmMaxConnections: 309 });
+    expect(budgets).toMatchObject({ nofile: 1024, sgMaxRelays: 109, cmMaxConnections: 441 });
 
     const user = await signIn(app); // admitted before the flood
     expect(user.sessionId).toHaveLength(36);
@@ -78,9 +78,9 @@ describe("descriptor budgets at RLIMIT_NOFILE 1,024", () => {
     const refused =
       sample(after, "pcoip_cm_connection_refusals_total", { reason: "descriptors" }) -
       sample(before, "pcoip_cm_connection_refusals_total", { reason: "descriptors" });
-    expect(refused).toBeGreaterThanOrEqual(1000 - 309);
-    expect(sample(after, "pcoip_descriptors_budget", { plane: "sg" })).toBe(459);
-    expect(sample(after, "pcoip_descriptors_budget", { plane: "cm" })).toBe(309);
+    expect(refused).toBeGreaterThanOrEqual(1000 - 441);
+    expect(sample(after, "pcoip_descriptors_budget", { plane: "sg" })).toBe(327);
+    expect(sample(after, "pcoip_descriptors_budget", { plane: "cm" })).toBe(441);
     expect(sample(after, "pcoip_descriptor_refusals_total", { plane: "sg" })).toBe(0);
     expect(app.logs.filter((l) => l.reason === "descriptors").length).toBe(1);
   }, 30_000);

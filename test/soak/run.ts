@@ -75,6 +75,10 @@ async function main(): Promise<number> {
       PCOIP_CMSG_CM_MAXCONCURRENTESTABLISHMENTS: String(Math.max(1000, INFLIGHT * 2)),
       // Every allocation leaves a pending admission for the 90 s TTL: ~90 s × the establishment rate of them.
       PCOIP_CMSG_SG_MAXSESSIONS: "200000",
+      // The soak's clients all come from 127.0.0.1: lift the per-IP caps (issue 16) that would make it a flood test.
+      PCOIP_CMSG_CM_MAXCONNECTIONSPERIP: "1000000",
+      PCOIP_CMSG_CM_MAXPRESESSIONSPERIP: "1000000",
+      PCOIP_CMSG_CM_MAXPASSWORDCHECKSPERIP: "10000",
     },
   });
   // The establishment path, not argon2, is what is soaked: a lighter hash than `user add` writes (64 MiB, t=2)

@@ -81,13 +81,25 @@ describe("descriptor budget", () => {
     expect(limits.tryTake(1_000_000)).toBe(true);
   });
 
-  test("the appliance's two budgets: reserve, then 60 % of the rest in whole relays for the SG, the rest for the CM", () => {
-    const small = createDescriptorBudgets({ nofile: 1024 });
+  test("the appliance's two budgets: reserve, then the rest split as sg.maxSessions × 3 : cm.maxConnections", () => {
+    const small = createDescriptorBudgets({ nofile: 1024 }); // defaults 5,000 sessions : 20,000 connections
     expect([small.reservedFds, small.sg.maxRelays, small.sg.capacity, small.cm.capacity]).toEqual([
-      256, 153, 459, 309,
+      256, 109, 327, 441,
     ]);
     const unit = createDescriptorBudgets({ nofile: 65536 });
-    expect([unit.reservedFds, unit.sg.maxRelays, unit.cm.capacity]).toEqual([512, 13004, 26012]);
+    expect([unit.reservedFds, unit.sg.maxRelays, unit.cm.capacity]).toEqual([512, 9289, 37157]);
+    // A node for many sessions and few connections: the split follows its limits.
+    const sgHeavy = createDescriptorBudgets({
+      nofile: 20000,
+      demand: { sgMaxSessions: 50000, cmMaxConnections: 1000 },
+    });
+    expect([sgHeavy.sg.maxRelays, sgHeavy.cm.capacity]).toEqual([6452, 132]);
+    // LAN mode (no SG): the CM gets everything after the reserve.
+    const lan = createDescriptorBudgets({
+      nofile: 1024,
+      demand: { sgMaxSessions: 0, cmMaxConnections: 20000 },
+    });
+    expect([lan.sg.capacity, lan.cm.capacity]).toEqual([0, 768]);
     // Spending one budget leaves the other whole.
     while (small.cm.tryTake(1));
     expect(small.cm.refused).toBe(1);
