@@ -31,6 +31,7 @@
  */
 import { XMLBuilder, XMLParser, XMLValidator, type XmlBuilderOptions } from "fast-xml-parser";
 import type { ParseResult, ProtocolError, XmlNode } from "./types.ts";
+import { fastBuildXml } from "./xml-build-fast.ts";
 import { fastParseXml } from "./xml-fast.ts";
 
 /** Largest document accepted, in UTF-8 bytes (SPEC §3: 64 KiB request body). */
@@ -168,12 +169,14 @@ export function parseXml(
 /**
  * Writes a document: XML declaration, then `<root …>` with the tree inside. Every text and attribute value is
  * escaped (`& < > " '` and CR); keys that are not XML names (a parsed `__proto__` becomes "#__proto__") are
- * dropped rather than written as broken markup.
+ * dropped rather than written as broken markup. Written by xml-build-fast.ts in one walk (the same text as
+ * fast-xml-parser's builder, fuzzed against it); `fast: false` forces the library's builder (tests).
  * @example buildXml("pcoip-client", { "@_version": "2.1", "bye-resp": "" })
  *   // → '<?xml version="1.0" encoding="UTF-8"?>\n<pcoip-client version="2.1"><bye-resp/></pcoip-client>'
  */
-export function buildXml(root: string, tree: XmlNode): string {
-  return `${XML_DECLARATION}\n${builder.build({ [root]: sanitize(tree) }) as string}`;
+export function buildXml(root: string, tree: XmlNode, opts: { fast?: boolean } = {}): string {
+  const fast = opts.fast !== false ? fastBuildXml(root, tree) : undefined;
+  return `${XML_DECLARATION}\n${fast ?? (builder.build({ [root]: sanitize(tree) }) as string)}`;
 }
 
 // ---- reading a parsed node ------------------------------------------------------------------------------
