@@ -135,7 +135,8 @@ export function agentTargetsNote(c: Readonly<Config>): string {
   return (
     `the SG relays a session only to its agent: the port the agent names must be in ${ports}, never one of this ` +
     `appliance's own listeners, and ${who}. Anything else is refused (ALLOC_FAILED_TO_ALLOCATE_AGENT, one log line ` +
-    `naming the key). Loopback is never allowed by default: a test setup adds "127.0.0.0/8".`
+    `naming the key). sg.agentNetworks holds no loopback by default: a test setup with an upstream broker on ` +
+    `loopback adds "127.0.0.0/8".`
   );
 }
 
