@@ -1,8 +1,8 @@
 /**
  * The deb on a real systemd, as an administrator would use it: a minimal Debian 12 (debootstrap minbase + systemd,
  * cached between runs) booted with systemd as PID 1 in namespaces this test makes, on an overlay so the cache and
- * this machine stay untouched. In one boot: dpkg -i (not started), the vendor's `pcoip-cmsg-setup install`, then
- * systemctl start / is-active / reload (the new config applies) / stop (drain) / start, the journal lines, the
+ * this machine stay untouched. In one boot: dpkg -i (not started), the vendor's `pcoip-cmsg-setup install`
+ * (configures, enables, starts), then systemctl stop / start / is-active / reload (the new config applies) / stop (drain) / start, the journal lines, the
  * watchdog keeping the service up for 60 s, dpkg -i of a newer release (drained, restarted, config kept), a
  * downgrade, dpkg -r (stopped, config kept) and dpkg -P (config gone). Also: lintian with the explained overrides.
  */
@@ -94,11 +94,18 @@ describe.skipIf(skip !== undefined)("deb", () => {
         "--host-address",
         "cm.pkg.test",
         "--ignore-disk-req",
-        "--config-only",
       ],
       120_000,
     );
+    // It configures, enables and starts the package's unit (the executable and unit are not copied).
     expect(setup).toContain("the deb package installed the executable and the unit");
+    expect(setup).toContain("✓ systemctl enable pcoip-cmsg");
+    expect(setup).toContain("✓ systemctl start pcoip-cmsg");
+    expect(await state()).toBe("active");
+    expect(await ok(["systemctl", "is-enabled", "pcoip-cmsg"])).toBe("enabled\n");
+    expect(existsSync(join(root!.merged, "usr/local/bin/pcoip-cmsg"))).toBe(false);
+    await ok(["systemctl", "stop", "pcoip-cmsg"], 120_000);
+    expect(await state()).toBe("inactive");
     const compose = await s.exec([
       "pcoip-cmsg-setup",
       "configure",
