@@ -4,6 +4,7 @@
  * change this host; missing required values are listed (no terminal), Docker flags answered, weak certificates
  * refused with the rule, before anything is written.
  */
+
 import { afterAll, describe, expect, test } from "bun:test";
 import {
   chmodSync,
@@ -21,6 +22,7 @@ import { EMBEDDED_UNIT } from "../../src/cli/bundle.ts";
 import { runConfigure } from "../../src/cli/configure.ts";
 import { hostInstallDeps, type InstallDeps, runInstall } from "../../src/cli/install.ts";
 import type { CliIo } from "../../src/cli/io.ts";
+import { adminEndpointFor } from "../../src/cli/status.ts";
 import { runUninstall } from "../../src/cli/uninstall.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import { type CommandRunner, type PortProbe, runCommand } from "../../src/platform/host.ts";
@@ -145,6 +147,15 @@ describe("install --root (staged)", () => {
     expect(readFileSync(layout.disk.binary, "utf8")).toBe(readFileSync(binary, "utf8"));
     expect(mode(layout.disk.binary)).toBe(0o755);
     expect(JSON.parse(readFileSync(layout.disk.installRecord, "utf8")).version).toBe("9.9.9");
+  });
+
+  test("the admin token file is created 0600 with a 64-hex-digit token, which the CLI reads", () => {
+    const file = layout.onDisk("/etc/pcoip-cmsg/admin.token");
+    expect(mode(file)).toBe(0o600);
+    expect(readFileSync(file, "utf8")).toMatch(/^[0-9a-f]{64}\n$/);
+    const r = loadConfig({ file: layout.disk.configFile, strict: true });
+    if (!r.ok) throw new Error(r.errors.join("\n"));
+    expect(adminEndpointFor(r.config.admin, layout.onDisk).token).toBe(readFileSync(file, "utf8").trim());
   });
 
   test("the self-signed certificate is RSA-3072 with the host addresses as SANs", () => {
