@@ -48,8 +48,6 @@ interface Carried {
   warmFrom: number;
   seenUp: Traffic;
   seenDown: Traffic;
-  /** Polls the up counter while warm (every WARM_POLL_MS), so the agent's answers leave user space quickly. */
-  warmTimer: ReturnType<typeof setTimeout> | undefined;
 }
 
 /** While a flow is warm, its up counter is read this often (one nft command; ≈ 0.1–0.4 ms). */
@@ -288,23 +286,29 @@ function kernelPath(
   function coolIfBound(c: Carried): void {
     if (!c.warm || c.seenUp.packets <= c.warmFrom) return;
     c.warm = false;
-    clearTimeout(c.warmTimer);
-    c.warmTimer = undefined;
     nft.run(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
   }
 
-  function pollWarm(c: Carried): void {
-    clearTimeout(c.warmTimer);
-    let polls = 0;
-    const tick = () => {
-      c.warmTimer = undefined;
-      if (!c.warm || byFlow.get(c.flow) !== c) return;
-      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
-      coolIfBound(c);
-      // After a second the sweep's reading takes over (a client that went quiet right after its first datagram).
-      if (c.warm && ++polls < 1000 / WARM_POLL_MS) c.warmTimer = setTimeout(tick, WARM_POLL_MS);
-    };
-    c.warmTimer = setTimeout(tick, WARM_POLL_MS);
+  /**
+   * While any flow is warm, one reading of every counter each WARM_POLL_MS (one nft command for all flows): the
+   * agent's answers leave user space within a few ms of the NAT binding forming, at any number of new flows.
+   */
+  let warmTimer: ReturnType<typeof setTimeout> | undefined;
+  function pollWarm(): void {
+    if (warmTimer !== undefined) return;
+    warmTimer = setTimeout(() => {
+      warmTimer = undefined;
+      let warm = 0;
+      for (const c of byFlow.values()) if (c.warm) warm++;
+      if (warm === 0) return;
+      const counters = readCounters([]);
+      for (const c of byFlow.values()) {
+        if (!c.warm) continue;
+        report(c, counters);
+        coolIfBound(c);
+      }
+      pollWarm();
+    }, WARM_POLL_MS);
   }
 
   return {
@@ -343,7 +347,6 @@ function kernelPath(
           warmFrom: 0,
           seenUp: { packets: 0, bytes: 0 },
           seenDown: { packets: 0, bytes: 0 },
-          warmTimer: undefined,
         };
       }
       c.warm = true;
@@ -359,12 +362,11 @@ function kernelPath(
       }
       byFlow.set(flow, c);
       bySourcePort.set(c.sourcePort, c);
-      pollWarm(c);
+      pollWarm();
     },
     release(flow) {
       const c = byFlow.get(flow);
       if (!c) return;
-      clearTimeout(c.warmTimer);
       byFlow.delete(flow);
       bySourcePort.delete(c.sourcePort);
       zonesInUse.delete(c.zone);
@@ -382,10 +384,8 @@ function kernelPath(
       );
     },
     sawReply(flow) {
-      const c = byFlow.get(flow);
-      if (!c?.warm) return;
-      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
-      coolIfBound(c);
+      // An answer the relay forwards itself: the binding may exist already; the shared poll checks within 10 ms.
+      if (byFlow.get(flow)?.warm) pollWarm();
     },
     collect() {
       if (byFlow.size === 0) return;
@@ -396,7 +396,7 @@ function kernelPath(
       }
     },
     async stop() {
-      for (const c of byFlow.values()) clearTimeout(c.warmTimer);
+      clearTimeout(warmTimer);
       nft.run(`delete table ${FAMILY} ${TABLE}`);
       if (state.switchBackOff) writeFlag(IPV4_FORWARD, "0");
       nft.close();
