@@ -13,7 +13,7 @@ export interface UdpDataPath extends FlowEvents {
   readonly kind: UdpPathKind;
   /** Flows the kernel carries now (always 0 on the userspace path). */
   readonly carriedFlows: number;
-  /** The relay itself forwarded an agent datagram of this flow (the kernel path checks whether it can take over). */
+  /** The relay forwarded an agent datagram of this flow itself (the kernel path may take the answers over now). */
   sawReply(flow: Flow): void;
   /** Reports the traffic carried since the last call (kernel counters); called on the relay's sweep. */
   collect(): void;

@@ -5,7 +5,7 @@
  *
  * Life of a carried flow:
  * ```
- * carry(): elements + counters + sp "warm" ─► kernel counts a client datagram ─► collect(): sp no longer warm
+ * carry(): elements + counters + sp "warm" for 250 ms ─► the kernel carries both ways ─► collect() (each sweep)
  * reply port moves: carry() again (old elements out, new ones in, a fresh zone, warm again)
  * release(): final counters read, elements and counters deleted (forwarding stops at once)
  * ```
@@ -43,15 +43,26 @@ interface Carried {
   /** The client endpoint the elements are keyed by now (`addr . port` in nft syntax). */
   key: string;
   zone: number;
-  warm: boolean;
-  /** Up-counter packets when warm started: a higher reading means the NAT binding exists. */
-  warmFrom: number;
   seenUp: Traffic;
   seenDown: Traffic;
+  /** Warm until the kernel counts a client datagram past `warmFrom` (the NAT binding exists) or WARM_MS pass. */
+  warm: boolean;
+  warmFrom: number;
+  /** Last time the relay's own forwarding of an answer made us look, and how often it did since the binding. */
+  checkedAt: number;
+  checks: number;
 }
 
-/** While a flow is warm, its up counter is read this often (one nft command; ≈ 0.1–0.4 ms). */
-const WARM_POLL_MS = 10;
+/** A flow the relay still answers itself is checked on each of its first answers, then at most this often. */
+const CHECK_EVERY_MS = 5;
+const FIRST_CHECKS = 8;
+
+/**
+ * How long after a binding the agent's datagrams to the session port stay untracked (they answer what the relay
+ * forwarded itself, and must not leave an entry before the client's next datagram forms the NAT binding; an
+ * answer arriving after the binding formed matches it anyway). The set element expires by itself: no polling.
+ */
+const WARM_MS = 250;
 
 function readFlag(path: string): boolean | undefined {
   try {
@@ -228,7 +239,6 @@ function kernelPath(
     return [
       ...["dnat", "snat", "zone", "up", "down"].map((m) => `delete element ${t} ${m}${c.v} { ${c.key} }`),
       `delete element ${t} zone_port { ${c.sourcePort} }`,
-      ...(c.warm ? [`delete element ${t} warm { ${c.sourcePort} }`] : []),
     ];
   }
 
@@ -242,7 +252,7 @@ function kernelPath(
       `add element ${t} up${c.v} { ${c.key} : "u${c.sourcePort}" }`,
       `add element ${t} down${c.v} { ${c.key} : "d${c.sourcePort}" }`,
       `add element ${t} zone_port { ${c.sourcePort} : ${c.zone} }`,
-      `add element ${t} warm { ${c.sourcePort} }`,
+      `add element ${t} warm { ${c.sourcePort} timeout ${WARM_MS}ms }`,
     ];
   }
 
@@ -282,35 +292,6 @@ function kernelPath(
     if (dUp.packets > 0 || dDown.packets > 0) o.onCarried(c.flow, dUp, dDown);
   }
 
-  /** A client datagram went through the NAT binding: it exists, and the agent's answers match it now. */
-  function coolIfBound(c: Carried): void {
-    if (!c.warm || c.seenUp.packets <= c.warmFrom) return;
-    c.warm = false;
-    nft.run(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
-  }
-
-  /**
-   * While any flow is warm, one reading of every counter each WARM_POLL_MS (one nft command for all flows): the
-   * agent's answers leave user space within a few ms of the NAT binding forming, at any number of new flows.
-   */
-  let warmTimer: ReturnType<typeof setTimeout> | undefined;
-  function pollWarm(): void {
-    if (warmTimer !== undefined) return;
-    warmTimer = setTimeout(() => {
-      warmTimer = undefined;
-      let warm = 0;
-      for (const c of byFlow.values()) if (c.warm) warm++;
-      if (warm === 0) return;
-      const counters = readCounters([]);
-      for (const c of byFlow.values()) {
-        if (!c.warm) continue;
-        report(c, counters);
-        coolIfBound(c);
-      }
-      pollWarm();
-    }, WARM_POLL_MS);
-  }
-
   return {
     kind: "kernel",
     get carriedFlows() {
@@ -343,14 +324,17 @@ function kernelPath(
           sourcePort: sp,
           key,
           zone,
-          warm: true,
-          warmFrom: 0,
           seenUp: { packets: 0, bytes: 0 },
           seenDown: { packets: 0, bytes: 0 },
+          warm: true,
+          warmFrom: 0,
+          checkedAt: 0,
+          checks: 0,
         };
       }
       c.warm = true;
       c.warmFrom = c.seenUp.packets;
+      c.checks = 0;
       cmds.push(...elementAdds(c, flow));
       if (!runOrLog(cmds, "programming the flow", flow)) {
         zonesInUse.delete(zone);
@@ -362,7 +346,20 @@ function kernelPath(
       }
       byFlow.set(flow, c);
       bySourcePort.set(c.sourcePort, c);
-      pollWarm();
+    },
+    sawReply(flow) {
+      // The relay forwarded an agent datagram itself: once the kernel has counted a client datagram through the
+      // binding, the answers can match it, and the port need not stay untracked for the rest of WARM_MS.
+      const c = byFlow.get(flow);
+      if (!c?.warm) return;
+      const t = performance.now();
+      if (++c.checks > FIRST_CHECKS && t - c.checkedAt < CHECK_EVERY_MS) return;
+      c.checkedAt = t;
+      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
+      if (c.seenUp.packets > c.warmFrom) {
+        c.warm = false;
+        nft.run(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
+      }
     },
     release(flow) {
       const c = byFlow.get(flow);
@@ -383,20 +380,12 @@ function kernelPath(
         flow,
       );
     },
-    sawReply(flow) {
-      // An answer the relay forwards itself: the binding may exist already; the shared poll checks within 10 ms.
-      if (byFlow.get(flow)?.warm) pollWarm();
-    },
     collect() {
       if (byFlow.size === 0) return;
       const counters = readCounters([]);
-      for (const c of byFlow.values()) {
-        report(c, counters);
-        coolIfBound(c);
-      }
+      for (const c of byFlow.values()) report(c, counters);
     },
     async stop() {
-      clearTimeout(warmTimer);
       nft.run(`delete table ${FAMILY} ${TABLE}`);
       if (state.switchBackOff) writeFlag(IPV4_FORWARD, "0");
       nft.close();

@@ -57,7 +57,7 @@ export function ruleset(o: RulesetOptions): string {
     ...maps(4),
     ...maps(6),
     "  map zone_port { typeof udp dport : ct zone; }",
-    "  set warm { type inet_service; }",
+    "  set warm { type inet_service; flags timeout; }",
     o.markSwitchedOn ? `  chain ${FORWARDING_MARK_CHAIN} { }` : "",
     "  chain raw_prerouting {",
     "    type filter hook prerouting priority raw; policy accept;",
