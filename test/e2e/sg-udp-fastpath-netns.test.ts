@@ -295,9 +295,17 @@ describe.each([["on"], ["off"]])("sg.udpFastPath = %s", (mode) => {
       expect(sourcePort).toBeGreaterThanOrEqual(SOURCE_PORTS.from);
       expect(sourcePort).toBeLessThanOrEqual(SOURCE_PORTS.to);
       expect(total(sources) - agentBefore).toBeGreaterThanOrEqual(199);
-      sg.send("state");
-      const st = await sg.lines.next((o) => o.event === "state");
-      const c = st.counters as { packetsUp: number; kernelPacketsUp: number; kernelPacketsDown: number };
+      // The kernel's counters reach the relay's totals on its sweep (at most every 5 s).
+      type Counters = { packetsUp: number; kernelPacketsUp: number; kernelPacketsDown: number };
+      let st: Record<string, unknown> = {};
+      for (let i = 0; i < 40; i++) {
+        const from = sg.lines.seen.length;
+        sg.send("state");
+        st = await sg.lines.next((o) => o.event === "state", 3000, from);
+        if ((st.counters as Counters).packetsUp >= 199) break;
+        await Bun.sleep(250);
+      }
+      const c = st.counters as Counters;
       const seenUp = c.packetsUp - c.kernelPacketsUp;
       console.log(
         `figure (${mode}): SG process saw ${seenUp} of ${c.packetsUp} client datagrams; kernel carried ${c.kernelPacketsUp} up, ${c.kernelPacketsDown} down`,
