@@ -2,7 +2,8 @@
  * Who may hold the front door's connections (issue 16): at most `cm.maxConnectionsPerIp` open connections per
  * client IP across every CM and port-80 listener, so one host cannot take the whole of `cm.maxConnections` or of
  * the CM's descriptor budget. The default is high (256) because a corporate NAT is one IP. Load balancers
- * (trustedProxies, cm.proxyProtocolFrom) are exempt: every client behind them shares their address.
+ * (trustedProxies, cm.proxyProtocolFrom) are exempt: every client behind them shares their address; behind a PROXY
+ * balancer the front door counts the client its header names instead (http1.ts).
  *
  * Every refusal of a connection — per IP, over cm.maxConnections, over the descriptor budget — is counted by
  * reason (pcoip_cm_connection_refusals_total) and logged at most once per window per reason, with the number

@@ -73,7 +73,8 @@ export interface Http1ServerOptions {
   readonly descriptors?: { tryTake(fds: number): boolean; give(fds: number): void };
   /**
    * Per-client-IP connection cap and refusal accounting shared by every front-door listener
-   * (connection-guard.ts). Counted by the socket's peer, before any PROXY header.
+   * (connection-guard.ts). Counted by the socket's peer at accept; on a PROXY listener the slot then moves to the
+   * client the header names (the balancer itself is exempt), so clients behind an L4 balancer are capped each.
    */
   readonly guard?: ConnectionGuard;
   onError?(err: unknown, info: ConnInfo): void;
@@ -444,12 +445,20 @@ export function startHttp1Server(opts: Http1ServerOptions): Http1Server {
       events: {
         secured: (ok) => secured(c, ok),
         addressed: (source) => {
+          // The per-IP cap counts the client the header names, not the balancer all clients share.
+          if (guard) {
+            if (c.guardIp !== undefined) guard.close(c.guardIp);
+            c.guardIp = undefined;
+            if (guard.open(source.address) !== undefined) return false;
+            c.guardIp = source.address;
+          }
           c.info = {
             ...c.info,
             remoteAddress: source.address,
             remotePort: source.port,
             proxiedBy: socket.remoteAddress,
           };
+          return true;
         },
         data: (chunk) => received(c, chunk),
         drain: () => flush(c),

@@ -28,8 +28,11 @@ export interface Wire {
 export interface WireEvents {
   /** TLS listeners: the handshake finished (or failed: the connection is then closed). */
   secured(ok: boolean): void;
-  /** The PROXY header named the client (not called for LOCAL / UNKNOWN headers). */
-  addressed(source: ProxiedAddress): void;
+  /**
+   * The PROXY header named the client (not called for LOCAL / UNKNOWN headers). False: the client may not open
+   * another connection (its per-IP cap, counted and logged by the caller); the connection is cut.
+   */
+  addressed(source: ProxiedAddress): boolean;
   data(chunk: Buffer): void;
   drain(): void;
   /** A protocol error before any HTTP byte; the connection is being closed. */
@@ -123,7 +126,11 @@ export function createProxiedWire(raw: Socket<unknown>, o: ProxiedWireOptions): 
         refuse(r.reason);
         return;
       }
-      if (r.source) o.events.addressed(r.source);
+      if (r.source && !o.events.addressed(r.source)) {
+        stage = "closed";
+        raw.terminate();
+        return;
+      }
       const rest = pending.subarray(r.consumed);
       pending = Buffer.alloc(0);
       afterPreamble(rest);

@@ -5,6 +5,7 @@
 // while direct TLS clients from unlisted peers are still served.
 import { afterAll, describe, expect, test } from "bun:test";
 import { compileTrustedProxies } from "../../src/net/client-address.ts";
+import { createConnectionGuard } from "../../src/net/connection-guard.ts";
 import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
 import { buildProxyV1, buildProxyV2 } from "../../src/net/proxy-protocol.ts";
 import { proxiedRequest } from "../peers/proxy-client.ts";
@@ -92,6 +93,44 @@ describe("PROXY protocol from a listed balancer", () => {
     expect(broken.closedWithoutAnswer).toBe(true);
     expect(refusals.length).toBe(before + 3);
     expect(refusals.slice(before).join("\n")).toContain("did not start with a PROXY protocol header");
+  });
+});
+
+describe("per-IP connection cap behind a PROXY balancer", () => {
+  test("counts the client the header names, not the balancer: one client capped, another served, slot given back", async () => {
+    const guard = createConnectionGuard({ maxPerIp: () => 1, exempt: (ip) => ip === "127.0.0.1" });
+    const s = startHttp1Server({
+      hostname: "127.0.0.1",
+      port: 0,
+      tls: { cert: leaf.cert, key: leaf.key, ca: pki.ca.cert },
+      proxyProtocolFrom: compileTrustedProxies(["127.0.0.1"]),
+      guard,
+      fetch: (_req, info) => new Response(`ip=${info.remoteAddress}\n`),
+    });
+    servers.push(s);
+    const a = { address: "198.18.9.1", port: 40001 };
+    const b = { address: "198.18.9.2", port: 40002 };
+    const keepAlive = "GET /pcoip-broker/xml HTTP/1.1\r\nHost: cm\r\n\r\n";
+    const held = proxiedRequest({
+      port: s.port,
+      header: buildProxyV2(a, dst),
+      tls: tlsOpts,
+      request: keepAlive,
+      timeoutMs: 1500,
+    });
+    const end = Date.now() + 3000;
+    while (guard.count("198.18.9.1") === 0 && Date.now() < end) await Bun.sleep(10);
+    expect(guard.count("198.18.9.1")).toBe(1);
+    expect(guard.count("127.0.0.1")).toBe(0);
+    const second = await proxiedRequest({ port: s.port, header: buildProxyV2(a, dst), tls: tlsOpts });
+    expect(second.closedWithoutAnswer).toBe(true);
+    expect(guard.refusals.per_ip).toBe(1);
+    const other = await proxiedRequest({ port: s.port, header: buildProxyV2(b, dst), tls: tlsOpts });
+    expect(other.text).toContain("ip=198.18.9.2");
+    expect((await held).text).toContain("ip=198.18.9.1");
+    while (guard.count("198.18.9.1") > 0 && Date.now() < end + 2000) await Bun.sleep(10);
+    const again = await proxiedRequest({ port: s.port, header: buildProxyV2(a, dst), tls: tlsOpts });
+    expect(again.text).toContain("ip=198.18.9.1");
   });
 });
 
