@@ -303,7 +303,7 @@ async function closedLoops(procs: ProcessSet, dir: string): Promise<void> {
       target: `${IP.sgWan}:4172`,
       flows: 1,
     });
-    await sg.stop();
+    await sg.stop(15_000);
   }
   const fast = results.on!.r.roundTripsPerSec ?? 0;
   const nginxRate = best!.m.r.roundTripsPerSec ?? 0;
@@ -391,7 +391,7 @@ async function headline(procs: ProcessSet, dir: string): Promise<void> {
         `SG UDP media, kernel path, highest offered rate with loss ≤ 0.1 % and added p99 ≤ 0.5 ms: ${highest} Mbit/s${limit}`,
       );
     }
-    await sg.stop();
+    await sg.stop(15_000);
   }
   const nginx = await startNginx(procs, dir, [], SG_WAN_MANY);
   const ng = await measure(procs, "nginx stream udp default @ 365 Mbit/s", nginx.pid, {

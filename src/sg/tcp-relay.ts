@@ -136,8 +136,8 @@ interface Conn {
 const NO_BYTES = new Uint8Array(0);
 
 /**
- * Long on purpose (≈ 470 lines): the client and agent socket handlers Bun calls share one closure over the relay's
- * connections, counters and budget; split, every piece would take that state as arguments.
+ * Long on purpose (≈ 370 lines): the client and agent socket handlers Bun calls share one closure over the relay's
+ * connections, counters and budget; the byte pump, the hello buffer and the per-session cap live outside it.
  * @example
  * const r = await startTcpRelay({ listen: [{ hostname: "0.0.0.0", port: 4172 }], admissions, log });
  * if (!r.ok) fail(`${r.error.what}: ${r.error.cause} (${r.error.fix})`);
@@ -149,9 +149,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
   const maxHelloBytes = options.maxHelloBytes ?? MAX_CLIENT_HELLO_BYTES;
   const keepAliveSeconds = options.keepAliveSeconds ?? 30;
   const limits = options.limits ?? createRelayLimits({ log });
-  const maxPerSession = options.maxConnectionsPerSession ?? 4;
-  /** One line per window for the per-session cap, however many connections hit it (a loop reconnecting). */
-  const capLog = { windowStart: 0, suppressed: 0 };
+  const sessionCap = new SessionConnectionCap(options.maxConnectionsPerSession ?? 4, log);
 
   const counters: TcpRelayCounters = {
     accepted: 0,
@@ -200,7 +198,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
   }
 
   function onHelloBytes(conn: Conn, chunk: Uint8Array): void {
-    append(conn, chunk);
+    appendHello(conn, chunk, maxHelloBytes);
     if (conn.phase !== "hello" || conn.helloLen < conn.helloWant) return;
     const r = parseClientHello(conn.hello.subarray(0, conn.helloLen), maxHelloBytes, conn.helloWalk);
     if (r.kind === "need") {
@@ -225,8 +223,11 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
 
   function dial(conn: Conn, session: Admission, sni: string | undefined): void {
     const held = bySession.get(session.sessionLogId)?.size ?? 0;
-    if (held >= maxPerSession) {
-      refuseOverSessionCap(conn, session, held);
+    if (!sessionCap.allows(held)) {
+      counters.refused.session_connection_limit++;
+      sessionCap.noteRefusal(session.sessionLogId, `${conn.clientIp}:${conn.clientPort}`, held);
+      conn.closedBy = "session_connection_limit";
+      conn.client.terminate();
       return;
     }
     if (!limits.tryTake(1)) {
@@ -262,31 +263,6 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
       }))().catch((e: unknown) => {
       if (conn.phase === "dialing") agentFailed(conn, errorText(e));
     });
-  }
-
-  /** Issue 16 #3: one admission cannot take the relays (and descriptors) every other session needs. */
-  function refuseOverSessionCap(conn: Conn, session: Admission, held: number): void {
-    counters.refused.session_connection_limit++;
-    const t = Date.now();
-    if (t - capLog.windowStart >= 10_000) {
-      sessionLogger(log, session.sessionLogId).warn(
-        {
-          audit: true,
-          event: "sg_deny",
-          reason: "session_connection_limit",
-          client: `${conn.clientIp}:${conn.clientPort}`,
-          held,
-          maxConnectionsPerSession: maxPerSession,
-          refusedSinceLastLine: capLog.suppressed,
-        },
-        "sg tcp connection refused: the session already holds sg.maxConnectionsPerSession relays " +
-          "(a PCoIP client needs one; raise the key only for clients known to open more)",
-      );
-      capLog.windowStart = t;
-      capLog.suppressed = 0;
-    } else capLog.suppressed++;
-    conn.closedBy = "session_connection_limit";
-    conn.client.terminate();
   }
 
   function agentFailed(conn: Conn, cause: string): void {
@@ -335,71 +311,8 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     const hello = conn.hello.subarray(0, conn.helloLen);
     conn.hello = NO_BYTES;
     conn.helloLen = 0;
-    forward(conn, "up", hello);
+    forward(conn, "up", hello, counters);
     if (conn.toAgent === undefined) conn.client.resume();
-  }
-
-  /** Writes a chunk toward one side; what the socket does not take waits, and the source pauses (backpressure). */
-  function forward(conn: Conn, dir: "up" | "down", chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    const to = dir === "up" ? conn.agent : conn.client;
-    const from = dir === "up" ? conn.client : conn.agent;
-    if (dir === "up") counters.bytesToAgent += chunk.length;
-    else counters.bytesToClient += chunk.length;
-    if (dir === "up") conn.bytesUp += chunk.length;
-    else conn.bytesDown += chunk.length;
-    const waiting = dir === "up" ? conn.toAgent : conn.toClient;
-    if (!to) return;
-    if (waiting !== undefined) {
-      // Bun may deliver data already read after pause(); keep it behind what is waiting.
-      setWaiting(conn, dir, concat(waiting, chunk));
-      from?.pause();
-      return;
-    }
-    const n = to.write(chunk);
-    if (n === chunk.length) return;
-    if (n < 0) {
-      setWaiting(conn, dir, chunk); // the socket is closing; its close handler decides what happens
-      return;
-    }
-    setWaiting(conn, dir, chunk.subarray(n));
-    counters.pauses++;
-    from?.pause();
-  }
-
-  function setWaiting(conn: Conn, dir: "up" | "down", bytes: Uint8Array | undefined): void {
-    if (dir === "up") conn.toAgent = bytes;
-    else conn.toClient = bytes;
-  }
-
-  /** The socket toward `dir` can take more: flush what waits, then resume the source or pass on a FIN. */
-  function drained(conn: Conn, dir: "up" | "down"): void {
-    const to = dir === "up" ? conn.agent : conn.client;
-    const from = dir === "up" ? conn.client : conn.agent;
-    const waiting = dir === "up" ? conn.toAgent : conn.toClient;
-    if (!to || waiting === undefined) return;
-    const n = to.write(waiting);
-    if (n >= 0 && n < waiting.length) {
-      setWaiting(conn, dir, waiting.subarray(n));
-      return;
-    }
-    setWaiting(conn, dir, undefined);
-    const sourceFinished =
-      dir === "up" ? conn.clientFin || conn.clientClosed : conn.agentFin || conn.agentClosed;
-    if (sourceFinished) passFin(conn, dir);
-    else if (conn.phase === "relaying") from?.resume();
-  }
-
-  /** The source of `dir` sent FIN (or closed): once nothing waits, shut down writing toward the other side. */
-  function passFin(conn: Conn, dir: "up" | "down"): void {
-    if ((dir === "up" ? conn.toAgent : conn.toClient) !== undefined) return; // drained() calls again
-    const to = dir === "up" ? conn.agent : conn.client;
-    const toClosed = dir === "up" ? conn.agentClosed : conn.clientClosed;
-    if (!to || toClosed) return;
-    const sourceClosed = dir === "up" ? conn.clientClosed : conn.agentClosed;
-    // A source that closed entirely cannot read our answer either: close the other side, not just half of it.
-    if (sourceClosed) to.end();
-    else to.shutdown();
   }
 
   function onFin(conn: Conn, side: "client" | "agent"): void {
@@ -510,9 +423,9 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     },
     data(client: Socket<Conn>, chunk: Uint8Array) {
       const conn = client.data;
-      if (conn.phase === "relaying") forward(conn, "up", chunk);
+      if (conn.phase === "relaying") forward(conn, "up", chunk, counters);
       else if (conn.phase === "hello") onHelloBytes(conn, chunk);
-      else if (conn.phase === "dialing") append(conn, chunk); // read before pause() took effect
+      else if (conn.phase === "dialing") appendHello(conn, chunk, maxHelloBytes); // read before pause() took effect
     },
     drain(client: Socket<Conn>) {
       drained(client.data, "down");
@@ -534,7 +447,7 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     },
     data(agent: Socket<Conn>, chunk: Uint8Array) {
       const conn = agent.data;
-      if (conn.agent === agent) forward(conn, "down", chunk);
+      if (conn.agent === agent) forward(conn, "down", chunk, counters);
     },
     drain(agent: Socket<Conn>) {
       if (agent.data.agent === agent) drained(agent.data, "up");
@@ -552,20 +465,6 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
       if (agent.data.phase === "dialing") agentFailed(agent.data, errorText(error));
     },
   };
-
-  function append(conn: Conn, chunk: Uint8Array): void {
-    const needed = conn.helloLen + chunk.length;
-    if (needed > conn.hello.length) {
-      // Growth stops one chunk past the peek limit: the parser refuses anything longer anyway.
-      const grown = new Uint8Array(
-        Math.max(needed, Math.min(maxHelloBytes, Math.max(1024, conn.hello.length * 2))),
-      );
-      grown.set(conn.hello.subarray(0, conn.helloLen));
-      conn.hello = grown;
-    }
-    conn.hello.set(chunk, conn.helloLen);
-    conn.helloLen = needed;
-  }
 
   const listeners: TCPSocketListener<Conn>[] = [];
   for (const addr of options.listen) {
@@ -612,6 +511,129 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
       },
     },
   };
+}
+
+/**
+ * `sg.maxConnectionsPerSession` (issue 16 #3): one admission cannot take the relays (and descriptors) every other
+ * session needs. Refusals are logged once per window, with how many the window swallowed.
+ */
+export class SessionConnectionCap {
+  private windowStart = 0;
+  private suppressed = 0;
+
+  constructor(
+    readonly max: number,
+    private readonly log: Logger,
+    private readonly windowMs = 10_000,
+  ) {}
+
+  /** A session holding `held` relays may open one more. */
+  allows(held: number): boolean {
+    return held < this.max;
+  }
+
+  noteRefusal(sessionLogId: string, client: string, held: number): void {
+    const t = Date.now();
+    if (t - this.windowStart < this.windowMs) {
+      this.suppressed++;
+      return;
+    }
+    sessionLogger(this.log, sessionLogId).warn(
+      {
+        audit: true,
+        event: "sg_deny",
+        reason: "session_connection_limit",
+        client,
+        held,
+        maxConnectionsPerSession: this.max,
+        refusedSinceLastLine: this.suppressed,
+      },
+      "sg tcp connection refused: the session already holds sg.maxConnectionsPerSession relays " +
+        "(a PCoIP client needs one; raise the key only for clients known to open more)",
+    );
+    this.windowStart = t;
+    this.suppressed = 0;
+  }
+}
+
+// The byte pump of a relaying connection (both directions, backpressure, half-close): state lives on Conn.
+
+/** Writes a chunk toward one side; what the socket does not take waits, and the source pauses (backpressure). */
+function forward(conn: Conn, dir: "up" | "down", chunk: Uint8Array, counters: TcpRelayCounters): void {
+  if (chunk.length === 0) return;
+  const to = dir === "up" ? conn.agent : conn.client;
+  const from = dir === "up" ? conn.client : conn.agent;
+  if (dir === "up") counters.bytesToAgent += chunk.length;
+  else counters.bytesToClient += chunk.length;
+  if (dir === "up") conn.bytesUp += chunk.length;
+  else conn.bytesDown += chunk.length;
+  const waiting = dir === "up" ? conn.toAgent : conn.toClient;
+  if (!to) return;
+  if (waiting !== undefined) {
+    // Bun may deliver data already read after pause(); keep it behind what is waiting.
+    setWaiting(conn, dir, concat(waiting, chunk));
+    from?.pause();
+    return;
+  }
+  const n = to.write(chunk);
+  if (n === chunk.length) return;
+  if (n < 0) {
+    setWaiting(conn, dir, chunk); // the socket is closing; its close handler decides what happens
+    return;
+  }
+  setWaiting(conn, dir, chunk.subarray(n));
+  counters.pauses++;
+  from?.pause();
+}
+
+function setWaiting(conn: Conn, dir: "up" | "down", bytes: Uint8Array | undefined): void {
+  if (dir === "up") conn.toAgent = bytes;
+  else conn.toClient = bytes;
+}
+
+/** The socket toward `dir` can take more: flush what waits, then resume the source or pass on a FIN. */
+function drained(conn: Conn, dir: "up" | "down"): void {
+  const to = dir === "up" ? conn.agent : conn.client;
+  const from = dir === "up" ? conn.client : conn.agent;
+  const waiting = dir === "up" ? conn.toAgent : conn.toClient;
+  if (!to || waiting === undefined) return;
+  const n = to.write(waiting);
+  if (n >= 0 && n < waiting.length) {
+    setWaiting(conn, dir, waiting.subarray(n));
+    return;
+  }
+  setWaiting(conn, dir, undefined);
+  const sourceFinished =
+    dir === "up" ? conn.clientFin || conn.clientClosed : conn.agentFin || conn.agentClosed;
+  if (sourceFinished) passFin(conn, dir);
+  else if (conn.phase === "relaying") from?.resume();
+}
+
+/** The source of `dir` sent FIN (or closed): once nothing waits, shut down writing toward the other side. */
+function passFin(conn: Conn, dir: "up" | "down"): void {
+  if ((dir === "up" ? conn.toAgent : conn.toClient) !== undefined) return; // drained() calls again
+  const to = dir === "up" ? conn.agent : conn.client;
+  const toClosed = dir === "up" ? conn.agentClosed : conn.clientClosed;
+  if (!to || toClosed) return;
+  const sourceClosed = dir === "up" ? conn.clientClosed : conn.agentClosed;
+  // A source that closed entirely cannot read our answer either: close the other side, not just half of it.
+  if (sourceClosed) to.end();
+  else to.shutdown();
+}
+
+/** Appends ClientHello bytes; growth stops one chunk past the peek limit. */
+function appendHello(conn: Conn, chunk: Uint8Array, maxHelloBytes: number): void {
+  const needed = conn.helloLen + chunk.length;
+  if (needed > conn.hello.length) {
+    // Growth stops one chunk past the peek limit: the parser refuses anything longer anyway.
+    const grown = new Uint8Array(
+      Math.max(needed, Math.min(maxHelloBytes, Math.max(1024, conn.hello.length * 2))),
+    );
+    grown.set(conn.hello.subarray(0, conn.helloLen));
+    conn.hello = grown;
+  }
+  conn.hello.set(chunk, conn.helloLen);
+  conn.helloLen = needed;
 }
 
 function concat(a: Uint8Array, b: Uint8Array): Uint8Array {

@@ -16,7 +16,7 @@ export interface UdpDataPath extends FlowEvents {
   /** The relay forwarded an agent datagram of this flow itself (the kernel path may take the answers over now). */
   sawReply(flow: Flow): void;
   /** Reports the traffic carried since the last call (kernel counters); called on the relay's sweep. */
-  collect(): void;
+  collect(force?: boolean): void;
   stop(): Promise<void>;
 }
 
