@@ -36,8 +36,12 @@ function capture() {
   const c = {
     out: "",
     err: "",
-    stdout: (t: string) => void (c.out += t),
-    stderr: (t: string) => void (c.err += t),
+    stdout: (t: string) => {
+      c.out += t;
+    },
+    stderr: (t: string) => {
+      c.err += t;
+    },
   };
   return c;
 }
