@@ -462,6 +462,15 @@ describe.skipIf(skipReason !== "")("three nodes behind HAProxy (L7 and L4 refere
     }
   }, 180_000);
 
+  test("both balancers' health checks and traffic are accepted: no front-door refusal on any node", () => {
+    // HAProxy's checks carry a PROXY header (send-proxy-v2) on the L4 side and none on the L7 side; a node that
+    // refused either would log "front door: connection from … refused".
+    const refused = nodes.flatMap((app) =>
+      app.logs.filter((l) => typeof l.msg === "string" && l.msg.startsWith("front door: connection")),
+    );
+    expect(refused).toEqual([]);
+  });
+
   test("drain node 2: both balancers mark it down, new logins land on 1 and 3, its live relays flow until they end", async () => {
     const drained = await nodeCli(1, "drain");
     expect(drained.err).toBe("");
