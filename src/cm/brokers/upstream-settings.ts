@@ -3,12 +3,14 @@
  * the trust anchors for `brokerCertCheck` (the configured CA PEM plus the system store), the outbound proxy from
  * the environment, the timeouts. Every mistake is a value `{ what, cause, fix }` for `config check` and startup.
  */
+
 import { X509Certificate } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { rootCertificates } from "node:tls";
 import { type ProxySettings, proxyFromEnv } from "../../net/proxy-env.ts";
 import type { BrokerRoot, ProductInfo } from "../../protocol/types.ts";
 import { clientTls } from "../../tls/policy.ts";
+import { createTlsSessionCache } from "../tls-sessions.ts";
 import type { ConversationSettings } from "./upstream-conversation.ts";
 import { type BrokerTrust, brokerTrust, parseBrokerUrl } from "./upstream-transport.ts";
 
@@ -115,6 +117,8 @@ export function resolveUpstreamOptions(
           proxy: proxy.proxy,
           trust: trust.value,
           ...(o.resolve ? { resolve: o.resolve } : {}),
+          // One broker endpoint (and proxy path): a few keys at most.
+          sessions: createTlsSessionCache(16),
         },
         dialect: o.dialect ?? "pcoip-client",
         pcmInfo: o.pcmInfo,

@@ -9,6 +9,7 @@
  * DNS is resolved here (through `resolve`, which tests replace so that no query leaves the machine); through a
  * proxy the proxy resolves the broker's name.
  */
+
 import { X509Certificate } from "node:crypto";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
@@ -22,6 +23,7 @@ import {
 } from "node:tls";
 import { openTunnel } from "../../net/https-proxy.ts";
 import { describeProxy, type ProxySettings, proxyFor } from "../../net/proxy-env.ts";
+import type { TlsSessionCache } from "../tls-sessions.ts";
 import type { BrokerFailure, BrokerFailureKind } from "./upstream-failures.ts";
 
 /** The smallest RSA key a broker may use (SPEC §5; the vendor's CM resets such connections). */
@@ -75,6 +77,12 @@ export interface ConnectBrokerOptions {
   readonly resolve?: (host: string) => Promise<string[]>;
   /** A worry that does not stop the connection (e.g. an inspecting proxy whose CA the host trusts). */
   readonly onWarning?: (message: string, fix: string) => void;
+  /**
+   * TLS sessions to resume (issue 21): every client conversation opens its own broker connection, and a resumed
+   * one skips the broker's signature and the certificate. Only sessions of connections whose certificate passed
+   * the judgement below are kept (cm/tls-sessions.ts).
+   */
+  readonly sessions?: TlsSessionCache;
 }
 
 export type ConnectBrokerResult =
@@ -130,23 +138,39 @@ export async function connectBroker(opts: ConnectBrokerOptions): Promise<Connect
   }
 
   const remaining = Math.max(1, deadline - Date.now());
+  const sessionKey = `${endpoint.url}|${via ?? ""}`;
+  const session = opts.sessions?.get(sessionKey);
   return new Promise<ConnectBrokerResult>((resolve) => {
     let settled = false;
     const socket = tlsConnect({
       ...(raw ? { socket: raw } : { host: address, port: endpoint.port }),
       ...(isIP(endpoint.host) === 0 ? { servername: endpoint.host } : {}),
       secureContext: trust.secureContext,
+      ...(session ? { session } : {}),
       // The chain, name and key are judged below, so that a refusal can name the rule and the certificate.
       rejectUnauthorized: false,
     });
+    // TLS 1.3 sends the session after the handshake: kept only once the certificate has been accepted.
+    let accepted = false;
+    let early: Buffer | undefined;
+    if (opts.sessions) {
+      socket.on("session", (s: Buffer) => {
+        if (accepted) opts.sessions?.keep(sessionKey, s);
+        else early = s;
+      });
+    }
     const finish = (r: ConnectBrokerResult) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.off("error", onError);
       if (!r.ok) {
+        opts.sessions?.drop(sessionKey);
         socket.destroy();
         raw?.destroy();
+      } else {
+        accepted = true;
+        if (early) opts.sessions?.keep(sessionKey, early);
       }
       resolve(r);
     };
