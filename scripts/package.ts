@@ -270,7 +270,7 @@ Description: PCoIP Connection Manager and Security Gateway in one executable
     write(root, `DEBIAN/${s}`, scriptlet(join(PKG, "deb", s)), 0o755);
   void control;
   const out = resolve(o.out, `pcoip-cmsg_${o.version}-${o.release}_amd64.deb`);
-  sh("dpkg-deb", ["--root-owner-group", "-Zgzip", `-z${o.fast ? 1 : 9}`, "--build", root, out]);
+  sh("dpkg-deb", ["--root-owner-group", "-Zgzip", `-z${o.fast ? 1 : 6}`, "--build", root, out]);
   return out;
 }
 
@@ -297,8 +297,8 @@ function buildRpm(o: Options, bins: ReturnType<typeof executables>, work: string
     ["__os_install_post", "%{nil}"],
     ["__strip", "/bin/true"],
     ["_build_id_links", "none"],
-    // gzip: every EL8/EL9 rpm reads it (zstd payloads need rpm 4.14.2+ with zstd built in).
-    ["_binary_payload", `w${o.fast ? 1 : 9}.gzdio`],
+    // gzip -6: every EL8/EL9 rpm reads it (zstd needs rpm built with it); -9 took twice as long for 2 % less.
+    ["_binary_payload", `w${o.fast ? 1 : 6}.gzdio`],
     ["_binary_filedigest_algorithm", "8"],
   ];
   sh("rpmbuild", [
