@@ -51,11 +51,11 @@ describe.skipIf(skip !== undefined)("deb", () => {
   // Claim: lintian reports nothing beyond the overrides shipped in the package (each explained in
   // packaging/deb/lintian-overrides).
   test("lintian is clean with the explained overrides", async () => {
-    const r = await sh(["lintian", "--no-tag-display-limit", deb1], { timeoutMs: 170_000 });
+    const r = await sh(["lintian", "--no-tag-display-limit", deb1], { timeoutMs: 290_000 });
     const findings = (r.out + r.err).split("\n").filter((l) => /^[EWX]: /.test(l));
     expect(findings).toEqual([]);
     expect(r.code).toBe(0);
-  }, 180_000);
+  }, 300_000);
 
   // Claim: the whole life of the deb under a real systemd works as SPEC §9 and issue 20 describe.
   test("install, start, reload, stop, start, watchdog 60 s, upgrade, downgrade, remove, purge", async () => {
