@@ -226,6 +226,17 @@ class Http1FrontDoor implements Http1Server {
     this.#opts.descriptors?.give(1);
   }
 
+  /** The per-IP cap counts the client a PROXY header names, not the balancer all clients share. */
+  #moveGuardSlot(c: Http1Connection, client: string): boolean {
+    const guard = this.#opts.guard;
+    if (!guard) return true;
+    if (c.guardIp !== undefined) guard.close(c.guardIp);
+    c.guardIp = undefined;
+    if (guard.open(client) !== undefined) return false;
+    c.guardIp = client;
+    return true;
+  }
+
   /** The PROXY-protocol hook: the header (or its absence) is read before any HTTP or TLS byte. */
   #proxiedWire(
     c: Http1Connection,
@@ -238,13 +249,7 @@ class Http1FrontDoor implements Http1Server {
       events: {
         secured: (ok) => c.secured(ok),
         addressed: (source) => {
-          // The per-IP cap counts the client the header names, not the balancer all clients share.
-          if (guard) {
-            if (c.guardIp !== undefined) guard.close(c.guardIp);
-            c.guardIp = undefined;
-            if (guard.open(source.address) !== undefined) return false;
-            c.guardIp = source.address;
-          }
+          if (!this.#moveGuardSlot(c, source.address)) return false;
           c.info = {
             ...c.info,
             remoteAddress: source.address,
