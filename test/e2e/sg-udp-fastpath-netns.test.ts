@@ -4,7 +4,8 @@
 // only the first datagram (the kernel carries the rest, and counts them for the session), with "off" the
 // userspace relay carries all. In both: an unadmitted source port of another client IP is not forwarded, nothing is
 // forwarded after the session ended, and a kill -9 of the SG and a restart leave no stale mapping (the restarted
-// SG, which admits nothing, forwards nothing; the table is gone after a clean stop).
+// SG, which admits nothing, forwards nothing; the table is gone after a clean stop). The session's teardown line
+// carries the packets both ways in both modes.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -89,7 +90,7 @@ import { createLogger } from ${JSON.stringify(join(root, "src/observability/log.
 import { createAdmissions } from ${JSON.stringify(join(root, "src/sg/admissions.ts"))};
 import { startUdpRelay } from ${JSON.stringify(join(root, "src/sg/udp-relay.ts"))};
 const [mode, clientIp, agentHost, from, to, admit] = process.argv.slice(2);
-const log = createLogger({ destination: { write: (s) => process.stderr.write(s) } });
+const log = createLogger({ destination: { write: (s) => process.stdout.write(s) } }); // JSON lines the test reads
 const admissions = createAdmissions();
 if (admit === "1") {
   const r = admissions.admit({ sessionLogId: ${JSON.stringify(SESSION)}, agentSessionId: "netns", clientIp, agentHost,
@@ -329,6 +330,11 @@ describe.each([["on"], ["off"]])("sg.udpFastPath = %s", (mode) => {
       // 3. The session ends: the same client is neither forwarded nor answered.
       sg.send("end");
       await sg.lines.next((o) => o.event === "ended");
+      // The teardown line carries what the kernel carried (its counters), both ways.
+      const closed = await sg.lines.next((o) => o.msg === "sg udp flow closed");
+      expect(Number(closed.packetsUp)).toBeGreaterThanOrEqual(199);
+      expect(Number(closed.packetsDown)).toBeGreaterThanOrEqual(199);
+      expect(Number(closed.bytesUp)).toBeGreaterThan(0);
       before = total(await agentSources());
       const after = await runClient(IP.client, 20, "after-end");
       expect(after.replies).toBe(0);
