@@ -124,15 +124,7 @@ export async function startAppliance(
   let pair = tls.pair;
 
   const metrics = createMetricsRegistry();
-  // Two descriptor budgets under RLIMIT_NOFILE, so the process never meets EMFILE (sockets refused cleanly instead
-  // of an accept loop spinning) and idle CM connections, which anyone can open, never take the relays' share.
-  const budgets = createDescriptorBudgets({
-    log,
-    demand: {
-      sgMaxSessions: config.enableSecurityGateway ? config.sg.maxSessions : 0,
-      cmMaxConnections: config.cm.maxConnections,
-    },
-  });
+  const budgets = descriptorBudgets(config, log);
   const limits = budgets.sg;
   const journal = createSessionJournal({ log, pendingTtlSeconds: config.sg.pendingTtlSeconds });
   stops.push(() => journal.stop());
@@ -177,10 +169,7 @@ export async function startAppliance(
     metrics,
     journal,
     node,
-    ownListeners: () => {
-      const b = appliance.bound;
-      return [...b.cm, ...b.redirect, ...b.sgTcp, ...b.sgUdp, ...(b.admin ? [b.admin] : [])];
-    },
+    ownListeners: () => allListeners(appliance.bound),
   });
   if (!cmStart.ok) return fail(cmStart.error);
   const cm: CmPlane = cmStart.plane;
@@ -535,4 +524,23 @@ function registerNodeMetrics(
       samples: [{ value: node.proxyRefusals() }],
     },
   ]);
+}
+
+/**
+ * Two descriptor budgets under RLIMIT_NOFILE, so the process never meets EMFILE (sockets refused cleanly instead of
+ * an accept loop spinning) and idle CM connections, which anyone can open, never take the relays' share.
+ */
+function descriptorBudgets(config: Readonly<Config>, log: Logger): DescriptorBudgets {
+  return createDescriptorBudgets({
+    log,
+    demand: {
+      sgMaxSessions: config.enableSecurityGateway ? config.sg.maxSessions : 0,
+      cmMaxConnections: config.cm.maxConnections,
+    },
+  });
+}
+
+/** Every listener the appliance holds ("host:port"): the SG never relays to one of them. */
+function allListeners(b: Appliance["bound"]): string[] {
+  return [...b.cm, ...b.redirect, ...b.sgTcp, ...b.sgUdp, ...(b.admin ? [b.admin] : [])];
 }
