@@ -65,7 +65,9 @@ describe("a scripted session through the appliance process", () => {
     const failed = await wrong.authenticate("alice", "not the password");
     expect(failed.resultId).toMatch(/^AUTH_FAILED/);
 
-    // The real session: one allocation of a desktop that does not exist, then the real one.
+    // The real session: one allocation of a desktop that does not exist, then the real one. Its journal record
+    // (and so session_end's durationMs) starts at its hello, so the wall clock starts here too.
+    const startedAt = Date.now();
     const c = cmClient(app);
     closers.push(() => c.close());
     expect((await c.hello()).operation).toBe("hello-resp");
@@ -89,7 +91,6 @@ describe("a scripted session through the appliance process", () => {
     expect(sample(admitted, "pcoip_sg_sessions", { state: "pending" })).toBe(1);
 
     // Control connection: TLS end to end with the agent (its certificate, not the SG's), 64 KiB each way.
-    const startedAt = Date.now();
     const control = await openControl(app);
     closers.push(() => control.close());
     expect(control.peerCert.fingerprint256).toBe(

@@ -18,21 +18,11 @@ import {
   parseLaunchSessionResp,
 } from "../../src/protocol/agent.ts";
 import { newHelloWalk, parseClientHello } from "../../src/sg/client-hello.ts";
+import { expectRatioAtMost } from "../peers/linearity.ts";
 
 const SMALL = 4 * 1024;
 const LARGE = 64 * 1024;
 const MAX_RATIO = 32;
-
-/** Smallest time per call over several rounds: the neighbours on a shared machine only ever add time. */
-function minMicros(fn: () => unknown, rounds: number, perRound: number): number {
-  let best = Number.POSITIVE_INFINITY;
-  for (let r = 0; r < rounds; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < perRound; i++) fn();
-    best = Math.min(best, ((performance.now() - t0) * 1000) / perRound);
-  }
-  return best;
-}
 
 /** Times `run(make(4 KiB))` and `run(make(64 KiB))`; the large one may cost at most 32× the small one. */
 function expectLinear<T>(make: (bytes: number) => T, run: (input: T) => unknown, rounds = 7): void {
@@ -40,12 +30,12 @@ function expectLinear<T>(make: (bytes: number) => T, run: (input: T) => unknown,
   const large = make(LARGE);
   run(small);
   run(large); // warm both paths before timing
-  const tSmall = minMicros(() => run(small), rounds, 16);
-  const tLarge = minMicros(() => run(large), rounds, 1);
-  const ratio = tLarge / tSmall;
-  if (ratio > MAX_RATIO)
-    console.log(`ratio ${ratio.toFixed(1)} (4 KiB ${tSmall.toFixed(1)} µs, 64 KiB ${tLarge.toFixed(1)} µs)`);
-  expect(ratio).toBeLessThanOrEqual(MAX_RATIO);
+  expectRatioAtMost(
+    () => run(small),
+    () => run(large),
+    MAX_RATIO,
+    { rounds },
+  );
 }
 
 const enc = (s: string) => Buffer.from(s, "latin1");

@@ -21,6 +21,7 @@ import {
 import { result } from "../../src/protocol/results.ts";
 import type { ParseResult, ProtocolError } from "../../src/protocol/types.ts";
 import { MAX_DOCUMENT_BYTES, parseXml } from "../../src/protocol/xml.ts";
+import { expectRatioAtMost } from "../peers/linearity.ts";
 
 const RUNS = 500;
 const KINDS: readonly ProtocolError["kind"][] = [
@@ -302,17 +303,6 @@ describe("no input makes a parser throw", () => {
 
 // ---- cost grows linearly ------------------------------------------------------------------------------------
 
-/** Smallest time per call over several rounds: the neighbours on a shared machine only ever add time. */
-function minMicros(fn: () => unknown, rounds: number, perRound: number): number {
-  let best = Number.POSITIVE_INFINITY;
-  for (let r = 0; r < rounds; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < perRound; i++) fn();
-    best = Math.min(best, ((performance.now() - t0) * 1000) / perRound);
-  }
-  return best;
-}
-
 /** Repeats `unit` between `head` and `tail` to as close to `bytes` as fits. */
 function fill(head: string, unit: string, tail: string, bytes: number): string {
   const n = Math.floor((bytes - head.length - tail.length) / unit.length);
@@ -405,9 +395,12 @@ describe("parsing cost is linear in size", () => {
       const s = parse(small);
       const l = parse(large);
       expect(l.ok ? "ok" : l.error.kind).toBe(s.ok ? "ok" : s.error.kind);
-      const tSmall = minMicros(() => parse(small), 9, 16);
-      const tLarge = minMicros(() => parse(large), 9, 1);
-      expect(tLarge / tSmall).toBeLessThanOrEqual(32);
+      expectRatioAtMost(
+        () => parse(small),
+        () => parse(large),
+        32,
+        { rounds: 9 },
+      );
     });
   }
 });
@@ -435,9 +428,13 @@ describe("refusals cost less than parsing", () => {
     test(`${what} is refused as ${kind} for less than a 4 KiB parse`, () => {
       const r = parseClientRequest(xml);
       expect(r.ok ? "ok" : r.error.kind).toBe(kind);
-      const tRefuse = minMicros(() => parseClientRequest(xml), 9, 8);
-      const tParse = minMicros(() => parseBrokerResponse(reference), 9, 8);
-      expect(tRefuse).toBeLessThan(tParse);
+      // cost(refusal) / cost(4 KiB parse) ≤ 1.
+      expectRatioAtMost(
+        () => parseBrokerResponse(reference),
+        () => parseClientRequest(xml),
+        1,
+        { rounds: 9, perRoundSmall: 8, perRoundLarge: 8 },
+      );
     });
   }
 });
