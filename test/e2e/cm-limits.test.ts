@@ -75,7 +75,7 @@ describe("failed-login throttling", () => {
     }
   });
 
-  test("NAT: a sprayer behind 203.0.113.5 costs 50 honest users there at most 1 s each", async () => {
+  test("NAT: a sprayer behind 203.0.113.5 costs 20 honest users there at most 1 s each", async () => {
     const { slept, clock } = recordingClock();
     const users: Record<string, string> = { alice: "correct horse" };
     h = await startHarness({
@@ -92,7 +92,7 @@ describe("failed-login throttling", () => {
     }
     expect(slept).toEqual(Array(9).fill(1000)); // from the 32nd name on, each spray attempt waits 1 s
     slept.length = 0;
-    for (let i = 0; i < 50; i++) {
+    for (let i = 0; i < 20; i++) {
       const c = h.client({ headers: nat });
       try {
         await c.hello();
@@ -103,7 +103,7 @@ describe("failed-login throttling", () => {
         c.close();
       }
     }
-    expect(slept.length).toBe(50);
+    expect(slept.length).toBe(20);
     expect(Math.max(...slept)).toBeLessThanOrEqual(1000);
     // Another client IP is not slowed at all.
     slept.length = 0;
@@ -115,7 +115,8 @@ describe("failed-login throttling", () => {
       other.close();
     }
     expect(slept).toEqual([]);
-  }, 60_000);
+    // 60 argon2 checks one after another: generous for a loaded 2-core CI box; only a hang should hit it.
+  }, 150_000);
 });
 
 describe("pre-session store", () => {
