@@ -341,21 +341,64 @@ function readText(file: string): string | undefined {
   }
 }
 
+/** Adds one result line (the fix is kept only when given). */
+type AddCheck = (verdict: Verdict, name: string, detail: string, fix?: string) => void;
+
+/** What the checks share as they run in order: where results go, and what earlier checks found out. */
+interface CheckRun {
+  readonly o: DiagnoseOptions;
+  readonly deps: DiagnoseDeps;
+  readonly layout: InstallLayout;
+  readonly add: AddCheck;
+  /** The configuration, once `checkConfig` could load it; checks that need one are skipped without it. */
+  config: Readonly<Config> | undefined;
+  /** proxy.env's variables (empty without the file), for the broker check. */
+  proxyEnv: Record<string, string>;
+  /** The service runs: systemd says so, or its admin listener answered. */
+  running: boolean;
+  /** The CA bundle the outgoing checks trust (agents, directory), read once. */
+  trustedCa: string | undefined;
+}
+
 /**
- * Runs every check, in the order an administrator would go through them. Never throws for what it finds. Long on
- * purpose (≈ 260 lines): one flat list of short, independent check blocks reads in that order; each block with
- * state of its own is a function below.
+ * Runs every check, in the order an administrator would go through them. Never throws for what it finds. Each
+ * section is a function below; later ones read what earlier ones found (the config, whether the service runs).
  */
 export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise<CheckResult[]> {
   const out: CheckResult[] = [];
-  const add = (verdict: Verdict, name: string, detail: string, fix?: string) =>
-    out.push({ verdict, name, detail, ...(fix ? { fix } : {}) });
-  const { layout } = o;
-  add("INFO", "version", `${PRODUCT_NAME} ${VERSION} (${COMMIT}), bun ${Bun.version}`);
+  const run: CheckRun = {
+    o,
+    deps,
+    layout: o.layout,
+    add: (verdict, name, detail, fix) => {
+      out.push({ verdict, name, detail, ...(fix ? { fix } : {}) });
+    },
+    config: undefined,
+    proxyEnv: {},
+    running: false,
+    trustedCa: undefined,
+  };
+  run.add("INFO", "version", `${PRODUCT_NAME} ${VERSION} (${COMMIT}), bun ${Bun.version}`);
+  checkConfig(run);
+  checkServedCertificate(run);
+  checkProxy(run);
+  await checkService(run);
+  await checkListeners(run);
+  await checkCmDummyPost(run);
+  checkTrustedCa(run);
+  await checkBrokerAndDesktops(run);
+  run.trustedCa = trustedCaText(run.config, run.layout);
+  await checkAgents(run);
+  await checkDirectoryServers(run);
+  await checkHostState(run.config, run.layout, deps, run.add);
+  await checkFastPath(run);
+  return out;
+}
 
-  // Configuration.
+/** The config file: there, valid, and without keys this version does not know. */
+function checkConfig(run: CheckRun): void {
+  const { o, add } = run;
   const loaded = loadConfig({ file: o.configFile, strict: false });
-  let config: Readonly<Config> | undefined;
   if (!existsSync(o.configFile))
     add(
       "FAIL",
@@ -371,7 +414,7 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
       `fix the file, then check it: ${PRODUCT_NAME} config check --config ${o.configFile}`,
     );
   else {
-    config = loaded.config;
+    run.config = loaded.config;
     const strict = loadConfig({ file: o.configFile, strict: true });
     if (loaded.warnings.length > 0 || !strict.ok)
       add(
@@ -382,8 +425,11 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
       );
     else add("PASS", "config", `${o.configFile} is valid`);
   }
+}
 
-  // Certificates served on 443.
+/** The certificate served on 443, then the TLS notes. */
+function checkServedCertificate(run: CheckRun): void {
+  const { config, layout, add } = run;
   if (config) {
     const caFile = config.tls.caCert ? layout.onDisk(config.tls.caCert) : undefined;
     const pair = loadCertificatePair({
@@ -411,13 +457,15 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
   }
   add("INFO", "tls 1.3", tls13Note());
   add("INFO", "sg ciphers", SG_SUITES_NOTE);
+}
 
-  // Proxy for broker traffic.
+/** The proxy for broker traffic (proxy.env), when there is one. */
+function checkProxy(run: CheckRun): void {
+  const { layout, add } = run;
   const proxyText = readText(layout.disk.proxyEnv);
-  let proxyEnv: Record<string, string> = {};
   if (proxyText !== undefined) {
-    proxyEnv = Object.fromEntries(parseEnvFile(proxyText));
-    const p = proxyFromEnv(proxyEnv);
+    run.proxyEnv = Object.fromEntries(parseEnvFile(proxyText));
+    const p = proxyFromEnv(run.proxyEnv);
     if (!p.ok)
       add("FAIL", "proxy", `${layout.host.proxyEnv}: ${p.error.what}: ${p.error.cause}`, p.error.fix);
     else
@@ -427,15 +475,17 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
         p.proxy ? `broker traffic goes through ${describeProxy(p.proxy)}` : "no proxy configured",
       );
   }
+}
 
-  // Service and admin listener.
-  let running = false;
+/** The service (systemd) and its readiness on the admin listener; either one running sets `run.running`. */
+async function checkService(run: CheckRun): Promise<void> {
+  const { o, deps, layout, config, add } = run;
   if (!layout.staged && deps.systemdRunning()) {
     const active = (
       await deps.run("systemctl", ["is-active", SERVICE_NAME], { timeoutMs: 10_000 })
     ).stdout.trim();
-    running = active === "active" || active === "reloading";
-    if (running) add("PASS", "service", `${SERVICE_NAME} is ${active}`);
+    run.running = active === "active" || active === "reloading";
+    if (run.running) add("PASS", "service", `${SERVICE_NAME} is ${active}`);
     else
       add(
         "FAIL",
@@ -452,7 +502,7 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
       o.timeoutMs,
     );
     if (health.ok) {
-      running = true;
+      run.running = true;
       add(
         health.status === 200 ? "PASS" : "FAIL",
         "readiness",
@@ -464,147 +514,163 @@ export async function runChecks(o: DiagnoseOptions, deps: DiagnoseDeps): Promise
       );
     } else
       add(
-        running ? "FAIL" : "INFO",
+        run.running ? "FAIL" : "INFO",
         "readiness",
         `admin listener ${config.admin.listen}: ${health.cause}`,
-        running ? "check admin.listen" : undefined,
+        run.running ? "check admin.listen" : undefined,
       );
   }
+}
 
-  // Listeners: bound by the service when it runs, else free for it.
-  if (config) {
-    for (const l of listeners(config)) {
-      const name = `port ${l.port}/${l.protocol}`;
-      const where = `${l.key} ${l.host}:${l.port}`;
-      if (running) {
-        if (l.protocol === "tcp") {
-          const t = await tcpProbe(dialable(l.host), l.port, o.timeoutMs);
-          if (t.ok) add("PASS", name, `${where} is listening`);
-          else
-            add(
-              "FAIL",
-              name,
-              `${where} is not listening (${t.cause})`,
-              `see journalctl -u ${SERVICE_NAME}: the service could not bind it`,
-            );
-        } else {
-          const p = await deps.portFree(l.host, l.port, "udp");
-          if (!p.free) add("PASS", name, `${where} is bound`);
-          else
-            add(
-              "FAIL",
-              name,
-              `${where} is not bound`,
-              `see journalctl -u ${SERVICE_NAME}: the service could not bind it`,
-            );
-        }
-      } else {
-        const p = await deps.portFree(l.host, l.port, l.protocol);
-        if (p.free) add("PASS", name, `${where} is free for the service`);
+/** Listeners: bound by the service when it runs, else free for it. */
+async function checkListeners(run: CheckRun): Promise<void> {
+  const { o, deps, config, running, add } = run;
+  if (!config) return;
+  for (const l of listeners(config)) {
+    const name = `port ${l.port}/${l.protocol}`;
+    const where = `${l.key} ${l.host}:${l.port}`;
+    if (running) {
+      if (l.protocol === "tcp") {
+        const t = await tcpProbe(dialable(l.host), l.port, o.timeoutMs);
+        if (t.ok) add("PASS", name, `${where} is listening`);
         else
           add(
             "FAIL",
             name,
-            `${where}: ${p.cause}`,
-            `find the other process (ss -lntup | grep :${l.port}) and stop it, or change ${l.key}`,
+            `${where} is not listening (${t.cause})`,
+            `see journalctl -u ${SERVICE_NAME}: the service could not bind it`,
+          );
+      } else {
+        const p = await deps.portFree(l.host, l.port, "udp");
+        if (!p.free) add("PASS", name, `${where} is bound`);
+        else
+          add(
+            "FAIL",
+            name,
+            `${where} is not bound`,
+            `see journalctl -u ${SERVICE_NAME}: the service could not bind it`,
           );
       }
-    }
-  }
-
-  // The CM's own dummy POST (vendor troubleshooting guide): the answer must hold <error-resp>.
-  if (config && config.cm.listen.length > 0) {
-    const a = parseListen(config.cm.listen[0]!);
-    if (!running) add("INFO", "cm dummy post", "not tried: the service is not running");
-    else if (a) {
-      const host = dialable(a.hostname);
-      const r = await httpsPost(
-        host,
-        a.port,
-        "/pcoip-broker/xml",
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        o.timeoutMs,
-      );
-      if (!r.ok) {
-        const f = connectFix(r.code, "Connection Manager", host, a.port);
-        add("FAIL", "cm dummy post", `POST https://${host}:${a.port}/pcoip-broker/xml: ${f.cause}`, f.fix);
-      } else if (r.body.includes("<error-resp"))
-        add("PASS", "cm dummy post", `HTTP ${r.status} with <error-resp>, as the vendor's guide expects`);
+    } else {
+      const p = await deps.portFree(l.host, l.port, l.protocol);
+      if (p.free) add("PASS", name, `${where} is free for the service`);
       else
         add(
           "FAIL",
-          "cm dummy post",
-          `HTTP ${r.status} without <error-resp>: ${r.body.slice(0, 120).replace(/\s+/g, " ")}`,
-          "another server answers on this port, or a load balancer rewrites the answer: check cm.listen",
+          name,
+          `${where}: ${p.cause}`,
+          `find the other process (ss -lntup | grep :${l.port}) and stop it, or change ${l.key}`,
         );
     }
   }
+}
 
-  // Which CA bundle the outgoing checks trust (tls.trustedCa, or the deprecated caCert double use).
-  if (config) {
-    const trust = explainTrust(config.tls, outgoingChecks(config));
-    if (trust.deprecation)
+/** The CM's own dummy POST (vendor troubleshooting guide): the answer must hold <error-resp>. */
+async function checkCmDummyPost(run: CheckRun): Promise<void> {
+  const { o, config, running, add } = run;
+  if (!config || config.cm.listen.length === 0) return;
+  const a = parseListen(config.cm.listen[0]!);
+  if (!running) add("INFO", "cm dummy post", "not tried: the service is not running");
+  else if (a) {
+    const host = dialable(a.hostname);
+    const r = await httpsPost(
+      host,
+      a.port,
+      "/pcoip-broker/xml",
+      '<?xml version="1.0" encoding="UTF-8"?>',
+      o.timeoutMs,
+    );
+    if (!r.ok) {
+      const f = connectFix(r.code, "Connection Manager", host, a.port);
+      add("FAIL", "cm dummy post", `POST https://${host}:${a.port}/pcoip-broker/xml: ${f.cause}`, f.fix);
+    } else if (r.body.includes("<error-resp"))
+      add("PASS", "cm dummy post", `HTTP ${r.status} with <error-resp>, as the vendor's guide expects`);
+    else
       add(
-        "WARN",
-        "trusted CA",
-        trust.deprecation,
-        "add tls.trustedCa to the config (`pcoip-cmsg config check` explains both keys)",
+        "FAIL",
+        "cm dummy post",
+        `HTTP ${r.status} without <error-resp>: ${r.body.slice(0, 120).replace(/\s+/g, " ")}`,
+        "another server answers on this port, or a load balancer rewrites the answer: check cm.listen",
       );
-    else add("INFO", "trusted CA", trust.notes.join("; "));
   }
+}
 
-  // The upstream broker, or the built-in one's desktops.
-  if (config?.brokerUrl) await checkBroker(config, layout, proxyEnv, o.timeoutMs, add);
+/** Which CA bundle the outgoing checks trust (tls.trustedCa, or the deprecated caCert double use). */
+function checkTrustedCa(run: CheckRun): void {
+  const { config, add } = run;
+  if (!config) return;
+  const trust = explainTrust(config.tls, outgoingChecks(config));
+  if (trust.deprecation)
+    add(
+      "WARN",
+      "trusted CA",
+      trust.deprecation,
+      "add tls.trustedCa to the config (`pcoip-cmsg config check` explains both keys)",
+    );
+  else add("INFO", "trusted CA", trust.notes.join("; "));
+}
+
+/** The upstream broker, or the built-in one's desktops. */
+async function checkBrokerAndDesktops(run: CheckRun): Promise<void> {
+  const { o, config, layout, add } = run;
+  if (config?.brokerUrl) await checkBroker(config, layout, run.proxyEnv, o.timeoutMs, add);
   const noDesktops = config ? noDesktopsAdvice(config) : undefined;
   if (noDesktops) {
     const [what, fix] = noDesktops.split(". Add ");
     add("WARN", "desktops", what!, `add ${fix}`);
   }
+}
 
-  // Agents: configured desktops and --agent.
+/** Agents: the configured desktops' and --agent's. */
+async function checkAgents(run: CheckRun): Promise<void> {
+  const { o, config, add } = run;
   const agents = [...new Set([...(config?.desktops ?? []).map((d) => d.agent), ...o.agents])];
-  const ca = trustedCaText(config, layout);
   const probed4172 = new Set<string>();
   for (const agent of agents) {
-    await checkAgent(agent, config, ca, o.timeoutMs, probed4172, add);
+    await checkAgent(agent, config, run.trustedCa, o.timeoutMs, probed4172, add);
     if (config?.enableSecurityGateway) add(...(await agentTrust(agent, config)));
   }
   if (agents.length === 0 && config && !config.brokerUrl)
     add("INFO", "agents", "no [[desktops]] configured; give --agent HOST to check one");
+}
 
-  // Directory.
+/** The directory: each LDAP server reached, bound and searched as the CM would. */
+async function checkDirectoryServers(run: CheckRun): Promise<void> {
+  const { config, layout, add } = run;
   const ldapUrls = config
     ? (Array.isArray(config.ldap.url) ? config.ldap.url : [config.ldap.url]).filter((u) => u !== "")
     : [];
-  if (config && ldapUrls.length > 0) {
-    const l = config.ldap;
-    const password = l.serviceBindPasswordFile
-      ? readText(layout.onDisk(l.serviceBindPasswordFile))?.split(/\r?\n/)[0]
-      : undefined;
-    const options: LdapOptions = {
-      urls: ldapUrls,
-      ...(l.bindDn ? { bindDn: l.bindDn } : {}),
-      ...(l.searchBase ? { searchBase: l.searchBase, searchFilter: l.searchFilter } : {}),
-      ...(l.serviceBindDn ? { serviceBindDn: l.serviceBindDn, serviceBindPassword: password ?? "" } : {}),
-      startTls: l.startTls,
-      allowInsecure: l.allowInsecure,
-      ...(ca ? { caCert: ca } : {}),
-      groupAttribute: l.groupAttribute,
-      ...(l.groupSearchBase
-        ? { groupSearchBase: l.groupSearchBase, groupSearchFilter: l.groupSearchFilter }
-        : {}),
-      timeoutMs: l.timeoutSeconds * 1000,
-      ...(l.defaultDomain ? { defaultDomain: l.defaultDomain } : {}),
-    };
-    for (const c of await checkDirectory(options))
-      add(c.ok ? "PASS" : "FAIL", c.name, c.detail, c.ok ? undefined : c.fix);
-  }
+  if (!config || ldapUrls.length === 0) return;
+  const l = config.ldap;
+  const ca = run.trustedCa;
+  const password = l.serviceBindPasswordFile
+    ? readText(layout.onDisk(l.serviceBindPasswordFile))?.split(/\r?\n/)[0]
+    : undefined;
+  const options: LdapOptions = {
+    urls: ldapUrls,
+    ...(l.bindDn ? { bindDn: l.bindDn } : {}),
+    ...(l.searchBase ? { searchBase: l.searchBase, searchFilter: l.searchFilter } : {}),
+    ...(l.serviceBindDn ? { serviceBindDn: l.serviceBindDn, serviceBindPassword: password ?? "" } : {}),
+    startTls: l.startTls,
+    allowInsecure: l.allowInsecure,
+    ...(ca ? { caCert: ca } : {}),
+    groupAttribute: l.groupAttribute,
+    ...(l.groupSearchBase
+      ? { groupSearchBase: l.groupSearchBase, groupSearchFilter: l.groupSearchFilter }
+      : {}),
+    timeoutMs: l.timeoutSeconds * 1000,
+    ...(l.defaultDomain ? { defaultDomain: l.defaultDomain } : {}),
+  };
+  for (const c of await checkDirectory(options))
+    add(c.ok ? "PASS" : "FAIL", c.name, c.detail, c.ok ? undefined : c.fix);
+}
 
-  await checkHostState(config, layout, deps, add);
+/** The SG's kernel fast path (sg/kernel/diagnose.ts), on an installed host. */
+async function checkFastPath(run: CheckRun): Promise<void> {
+  const { config, layout, deps, add } = run;
   if (config && !layout.staged)
     for (const c of fastPathChecks(config, (await deps.firewalld()) === "running"))
       add(c.verdict, c.name, c.detail, c.fix);
-  return out;
 }
 
 /**
@@ -622,7 +688,7 @@ async function checkBroker(
   layout: InstallLayout,
   proxyEnv: Record<string, string>,
   timeoutMs: number,
-  add: (v: Verdict, name: string, detail: string, fix?: string) => void,
+  add: AddCheck,
 ): Promise<void> {
   const url = new URL(config.brokerUrl);
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
@@ -730,7 +796,7 @@ async function checkAgent(
   ca: string | undefined,
   timeoutMs: number,
   probed4172: Set<string>,
-  add: (v: Verdict, name: string, detail: string, fix?: string) => void,
+  add: AddCheck,
 ): Promise<void> {
   const { host, port } = parseAgent(agent);
   const r = await tlsProbe(host, port, { timeoutMs, ...(ca ? { ca } : {}) });
@@ -777,7 +843,7 @@ async function checkHostState(
   config: Readonly<Config> | undefined,
   layout: InstallLayout,
   deps: DiagnoseDeps,
-  add: (v: Verdict, name: string, detail: string, fix?: string) => void,
+  add: AddCheck,
 ): Promise<void> {
   if (layout.staged) {
     add(
