@@ -16,6 +16,11 @@ export const BENCHMARKS: readonly { readonly file: string; readonly figure: stri
     figure: "SG UDP media, headline (500 flows, 365 Mbit/s; highest load; Worker question)",
   },
   { file: "sg-udp-closed-loop.ts", figure: "SG UDP relay, closed loop vs nginx stream udp" },
+  {
+    file: "sg-udp-netns.ts",
+    figure:
+      "SG UDP kernel path in three namespaces: closed loop and 500-session media vs nginx udp and direct routing",
+  },
   { file: "sg-tcp-throughput.ts", figure: "SG TCP relay throughput and CPU-s/GB vs nginx, haproxy, socat" },
   {
     file: "sg-sessions.ts",
