@@ -1,0 +1,75 @@
+// Claim: the kernel UDP path's table is one fixed ruleset — sessions only ever add map elements — whose catch-all
+// forward drop and "we switched forwarding on" mark appear only when asked for; unadmitted datagrams to the
+// listener are untracked before any zone is set; and `diagnose` says "off" plainly, names the missing pieces
+// otherwise, and prints firewalld's lines when firewalld runs. (The rules at work: test/e2e/sg-udp-fastpath-netns.)
+import { describe, expect, test } from "bun:test";
+import { loadConfig } from "../../src/config/load.ts";
+import { fastPathChecks, firewalldLines } from "../../src/sg/kernel/diagnose.ts";
+import { FORWARDING_MARK_CHAIN, ruleset } from "../../src/sg/kernel/ruleset.ts";
+
+const base = { listenPorts: [4172, 4172], sourcePorts: { from: 55000, to: 59999 } };
+
+describe("ruleset", () => {
+  test("one table, deleted and recreated in the same transaction; listener ports deduplicated", () => {
+    const text = ruleset({ ...base, dropOtherForwarding: false, markSwitchedOn: false });
+    const lines = text.split("\n");
+    expect(lines[0]).toBe("table inet pcoip_cmsg");
+    expect(lines[1]).toBe("delete table inet pcoip_cmsg");
+    expect(text).toContain("udp dport { 4172 }");
+    expect(text).not.toContain("4172, 4172");
+    // Sessions are map elements: every per-session lookup goes through a named map.
+    for (const m of ["dnat4", "snat4", "zone4", "up4", "down4", "dnat6", "zone_port", "warm"])
+      expect(text).toContain(` @${m}`);
+  });
+
+  test("an unadmitted datagram is untracked and leaves the chain before a zone could re-track it", () => {
+    const text = ruleset({ ...base, dropOtherForwarding: false, markSwitchedOn: false });
+    const raw = text.slice(text.indexOf("chain raw_prerouting"), text.indexOf("chain raw_output"));
+    const notrack = raw.indexOf("!= @dnat4 notrack accept");
+    const zone = raw.indexOf("ct zone set ip saddr");
+    expect(notrack).toBeGreaterThan(0);
+    expect(notrack).toBeLessThan(zone);
+    expect(raw).toContain("udp dport @warm fib daddr type local notrack accept");
+  });
+
+  test("the catch-all forward drop and the mark chain only when asked", () => {
+    const neither = ruleset({ ...base, dropOtherForwarding: false, markSwitchedOn: false });
+    const fwd = (t: string) => t.slice(t.indexOf("chain forward"), t.indexOf("chain media"));
+    expect(fwd(neither)).not.toMatch(/^\s*drop$/m);
+    expect(neither).not.toContain(FORWARDING_MARK_CHAIN);
+    const both = ruleset({ ...base, dropOtherForwarding: true, markSwitchedOn: true });
+    expect(fwd(both)).toMatch(/^\s*drop$/m);
+    expect(both).toContain(`chain ${FORWARDING_MARK_CHAIN} { }`);
+    // Our own media chain always ends in drop: a binding whose session ended stops at once.
+    expect(neither.slice(neither.indexOf("chain media"))).toMatch(/^\s*drop$/m);
+  });
+});
+
+describe("diagnose", () => {
+  const config = (fastPath: string) => {
+    const r = loadConfig({ text: `[sg]\nudpFastPath = "${fastPath}"\n`, strict: false });
+    if (!r.ok) throw new Error(r.errors.join("; "));
+    return r.config;
+  };
+
+  test('"off" is one INFO line and nothing is probed', () => {
+    const checks = fastPathChecks(config("off"), true);
+    expect(checks).toEqual([
+      {
+        verdict: "INFO",
+        name: "udp fast path",
+        detail: "sg.udpFastPath = off: the userspace relay carries media",
+      },
+    ]);
+  });
+
+  test("auto names what it found, and firewalld's lines when firewalld runs", () => {
+    const checks = fastPathChecks(config("auto"), true);
+    expect(checks[0]?.name).toBe("udp fast path");
+    expect(["PASS", "INFO"]).toContain(checks[0]?.verdict ?? "missing");
+    const fw = checks.find((c) => c.name === "udp fast path firewalld");
+    expect(fw?.fix).toBe(firewalldLines().join(" && "));
+    expect(firewalldLines()).toContain("firewall-cmd --reload");
+    expect(fastPathChecks(config("auto"), false).some((c) => c.name.includes("firewalld"))).toBe(false);
+  });
+});
