@@ -51,7 +51,13 @@ interface Carried {
   /** Last time the relay's own forwarding of an answer made us look, and how often it did since the binding. */
   checkedAt: number;
   checks: number;
+  /** When the flow was last (re-)keyed, and a move waiting for its window (see carry). */
+  movedAt: number;
+  pendingMove: ReturnType<typeof setTimeout> | undefined;
 }
+
+/** A carried flow's client port is re-keyed in the kernel at most this often. */
+const MOVE_EVERY_MS = 250;
 
 /** A flow the relay still answers itself is checked on each of its first answers, then at most this often. */
 const CHECK_EVERY_MS = 5;
@@ -199,8 +205,79 @@ function writeFlag(path: string, value: "0" | "1"): void {
   }
 }
 
-// Long on purpose (≈ 215 lines): the kernel path's methods share one closure over the nftables handle and the
-// flows it carries; split, every piece would take that state as arguments.
+/** Conntrack zones for bindings (1…65535), round robin, none twice at once. */
+class ZoneAllocator {
+  private readonly inUse = new Set<number>();
+  // A random start: bindings a crash left in conntrack (flushStaleBindings) are unlikely to share a zone.
+  private next = 1 + Math.floor(Math.random() * 65534);
+
+  /** A free zone, or 0 when all 65,535 are taken. */
+  take(): number {
+    for (let i = 0; i < 65535; i++) {
+      const z = this.next;
+      this.next = this.next >= 65535 ? 1 : this.next + 1;
+      if (!this.inUse.has(z)) {
+        this.inUse.add(z);
+        return z;
+      }
+    }
+    return 0;
+  }
+
+  release(zone: number): void {
+    this.inUse.delete(zone);
+  }
+}
+
+function elementDeletes(c: Carried): string[] {
+  const t = `${FAMILY} ${TABLE}`;
+  return [
+    ...["dnat", "snat", "zone", "up", "down"].map((m) => `delete element ${t} ${m}${c.v} { ${c.key} }`),
+    `delete element ${t} zone_port { ${c.sourcePort} }`,
+  ];
+}
+
+function elementAdds(c: Carried, flow: Flow): string[] {
+  const t = `${FAMILY} ${TABLE}`;
+  const a = flow.session.admission;
+  return [
+    `add element ${t} dnat${c.v} { ${c.key} : ${a.agentHost} . ${a.agentUdpPort} }`,
+    `add element ${t} snat${c.v} { ${c.key} : ${c.sourcePort} }`,
+    `add element ${t} zone${c.v} { ${c.key} : ${c.zone} }`,
+    `add element ${t} up${c.v} { ${c.key} : "u${c.sourcePort}" }`,
+    `add element ${t} down${c.v} { ${c.key} : "d${c.sourcePort}" }`,
+    `add element ${t} zone_port { ${c.sourcePort} : ${c.zone} }`,
+    `add element ${t} warm { ${c.sourcePort} timeout ${WARM_MS}ms }`,
+  ];
+}
+
+/** Counters by name (all of the table's when `names` is empty), from nft's JSON output. */
+function readCounters(nft: Nft, names: string[]): Map<string, Traffic> {
+  const out = new Map<string, Traffic>();
+  const r = nft.run(
+    names.length > 0
+      ? names.map((n) => `list counter ${FAMILY} ${TABLE} ${n}`).join("\n")
+      : `list counters table ${FAMILY} ${TABLE}`,
+  );
+  if (!r.ok) return out;
+  // One JSON document per command, one per line.
+  for (const line of r.output.split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      const doc = JSON.parse(line) as {
+        nftables?: { counter?: { name: string; packets: number; bytes: number } }[];
+      };
+      for (const item of doc.nftables ?? [])
+        if (item.counter)
+          out.set(item.counter.name, { packets: item.counter.packets, bytes: item.counter.bytes });
+    } catch {
+      // a malformed document: those counters are read again on the next sweep
+    }
+  }
+  return out;
+}
+
+/** The kernel data path over one nftables handle: the flows it carries, their zones and counters. */
 function kernelPath(
   nft: Nft,
   o: KernelPathOptions,
@@ -208,24 +285,10 @@ function kernelPath(
 ): UdpDataPath {
   const bySourcePort = new Map<number, Carried>();
   const byFlow = new Map<Flow, Carried>();
-  const zonesInUse = new Set<number>();
-  // A random start: bindings a crash left in conntrack (flushStaleBindings) are unlikely to share a zone.
+  const zones = new ZoneAllocator();
   let lastCollect = 0;
   let stopped = false;
-  let nextZone = 1 + Math.floor(Math.random() * 65534);
   let failuresLogged = 0;
-
-  function takeZone(): number {
-    for (let i = 0; i < 65535; i++) {
-      const z = nextZone;
-      nextZone = nextZone >= 65535 ? 1 : nextZone + 1;
-      if (!zonesInUse.has(z)) {
-        zonesInUse.add(z);
-        return z;
-      }
-    }
-    return 0;
-  }
 
   function runOrLog(commands: string[], what: string, flow: Flow): boolean {
     const r = nft.run(commands.join("\n"));
@@ -236,53 +299,6 @@ function kernelPath(
         `sg udp fast path: ${what} failed; the userspace relay carries this flow`,
       );
     return false;
-  }
-
-  function elementDeletes(c: Carried): string[] {
-    const t = `${FAMILY} ${TABLE}`;
-    return [
-      ...["dnat", "snat", "zone", "up", "down"].map((m) => `delete element ${t} ${m}${c.v} { ${c.key} }`),
-      `delete element ${t} zone_port { ${c.sourcePort} }`,
-    ];
-  }
-
-  function elementAdds(c: Carried, flow: Flow): string[] {
-    const t = `${FAMILY} ${TABLE}`;
-    const a = flow.session.admission;
-    return [
-      `add element ${t} dnat${c.v} { ${c.key} : ${a.agentHost} . ${a.agentUdpPort} }`,
-      `add element ${t} snat${c.v} { ${c.key} : ${c.sourcePort} }`,
-      `add element ${t} zone${c.v} { ${c.key} : ${c.zone} }`,
-      `add element ${t} up${c.v} { ${c.key} : "u${c.sourcePort}" }`,
-      `add element ${t} down${c.v} { ${c.key} : "d${c.sourcePort}" }`,
-      `add element ${t} zone_port { ${c.sourcePort} : ${c.zone} }`,
-      `add element ${t} warm { ${c.sourcePort} timeout ${WARM_MS}ms }`,
-    ];
-  }
-
-  function readCounters(names: string[]): Map<string, Traffic> {
-    const out = new Map<string, Traffic>();
-    const r = nft.run(
-      names.length > 0
-        ? names.map((n) => `list counter ${FAMILY} ${TABLE} ${n}`).join("\n")
-        : `list counters table ${FAMILY} ${TABLE}`,
-    );
-    if (!r.ok) return out;
-    // One JSON document per command, one per line.
-    for (const line of r.output.split("\n")) {
-      if (!line.trim()) continue;
-      try {
-        const doc = JSON.parse(line) as {
-          nftables?: { counter?: { name: string; packets: number; bytes: number } }[];
-        };
-        for (const item of doc.nftables ?? [])
-          if (item.counter)
-            out.set(item.counter.name, { packets: item.counter.packets, bytes: item.counter.bytes });
-      } catch {
-        // a malformed document: those counters are read again on the next sweep
-      }
-    }
-    return out;
   }
 
   function report(c: Carried, counters: Map<string, Traffic>): void {
@@ -296,33 +312,36 @@ function kernelPath(
     if (dUp.packets > 0 || dDown.packets > 0) o.onCarried(c.flow, dUp, dDown);
   }
 
-  return {
-    kind: "kernel",
-    get carriedFlows() {
-      return byFlow.size;
-    },
-    carry(flow) {
-      const a = flow.session.admission;
-      const v = ipFamily(flow.clientIp);
-      if (v === 0 || v !== ipFamily(a.agentHost) || (v === 6 && !state.v6Forwarding)) return;
-      const key = nftKey(flow.clientIp, flow.replyPort);
-      const existing = byFlow.get(flow);
-      if (existing && existing.key === key) return;
-      const t = `${FAMILY} ${TABLE}`;
-      const zone = takeZone();
-      if (zone === 0) return;
-      const cmds: string[] = [];
-      let c: Carried;
-      if (existing) {
-        cmds.push(...elementDeletes(existing));
-        zonesInUse.delete(existing.zone);
-        c = existing;
-        c.key = key;
-        c.zone = zone;
-      } else {
-        const sp = flow.session.sourcePort;
-        cmds.push(`add counter ${t} u${sp}`, `add counter ${t} d${sp}`);
-        c = {
+  /**
+   * Programs (or re-keys) a flow. A flow's client port moves at most once per MOVE_EVERY_MS in the kernel: a
+   * spoofer alternating with the real client would otherwise buy an nft batch per datagram; a move asked for
+   * sooner is applied when the window ends, to the port heard last by then.
+   */
+  function carry(flow: Flow): void {
+    const a = flow.session.admission;
+    const v = ipFamily(flow.clientIp);
+    if (v === 0 || v !== ipFamily(a.agentHost) || (v === 6 && !state.v6Forwarding)) return;
+    const key = nftKey(flow.clientIp, flow.replyPort);
+    const existing = byFlow.get(flow);
+    if (existing && existing.key === key) return;
+    const now = performance.now();
+    if (existing && now - existing.movedAt < MOVE_EVERY_MS) {
+      existing.pendingMove ??= setTimeout(
+        () => {
+          existing.pendingMove = undefined;
+          if (byFlow.get(flow) === existing) carry(flow);
+        },
+        MOVE_EVERY_MS - (now - existing.movedAt),
+      );
+      return;
+    }
+    const t = `${FAMILY} ${TABLE}`;
+    const zone = zones.take();
+    if (zone === 0) return;
+    const sp = flow.session.sourcePort;
+    const c: Carried = existing
+      ? { ...existing }
+      : {
           flow,
           v,
           sourcePort: sp,
@@ -334,23 +353,38 @@ function kernelPath(
           warmFrom: 0,
           checkedAt: 0,
           checks: 0,
+          movedAt: now,
+          pendingMove: undefined,
         };
+    const cmds = existing ? elementDeletes(existing) : [`add counter ${t} u${sp}`, `add counter ${t} d${sp}`];
+    Object.assign(c, { key, zone, warm: true, warmFrom: c.seenUp.packets, checks: 0, movedAt: now });
+    cmds.push(...elementAdds(c, flow));
+    if (!runOrLog(cmds, "programming the flow", flow)) {
+      zones.release(zone);
+      if (existing) {
+        // The batch is atomic: the old binding is still in the kernel. It goes, and the relay carries the flow.
+        nft.run(
+          [...elementDeletes(existing), `delete counter ${t} u${sp}`, `delete counter ${t} d${sp}`].join(
+            "\n",
+          ),
+        );
+        zones.release(existing.zone);
+        byFlow.delete(flow);
+        bySourcePort.delete(existing.sourcePort);
       }
-      c.warm = true;
-      c.warmFrom = c.seenUp.packets;
-      c.checks = 0;
-      cmds.push(...elementAdds(c, flow));
-      if (!runOrLog(cmds, "programming the flow", flow)) {
-        zonesInUse.delete(zone);
-        if (existing) {
-          byFlow.delete(flow);
-          bySourcePort.delete(existing.sourcePort);
-        }
-        return;
-      }
-      byFlow.set(flow, c);
-      bySourcePort.set(c.sourcePort, c);
+      return;
+    }
+    if (existing) zones.release(existing.zone);
+    byFlow.set(flow, c);
+    bySourcePort.set(c.sourcePort, c);
+  }
+
+  return {
+    kind: "kernel",
+    get carriedFlows() {
+      return byFlow.size;
     },
+    carry,
     sawReply(flow) {
       // The relay forwarded an agent datagram itself: once the kernel has counted a client datagram through the
       // binding, the answers can match it, and the port need not stay untracked for the rest of WARM_MS.
@@ -359,7 +393,7 @@ function kernelPath(
       const t = performance.now();
       if (++c.checks > FIRST_CHECKS && t - c.checkedAt < CHECK_EVERY_MS) return;
       c.checkedAt = t;
-      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
+      report(c, readCounters(nft, [`u${c.sourcePort}`, `d${c.sourcePort}`]));
       if (c.seenUp.packets > c.warmFrom) {
         c.warm = false;
         nft.run(`delete element ${FAMILY} ${TABLE} warm { ${c.sourcePort} }`);
@@ -368,6 +402,7 @@ function kernelPath(
     release(flow) {
       const c = byFlow.get(flow);
       if (!c) return;
+      clearTimeout(c.pendingMove);
       if (stopped) {
         // The table is gone with everything in it; the last counts were read by stop().
         byFlow.delete(flow);
@@ -375,9 +410,9 @@ function kernelPath(
       }
       byFlow.delete(flow);
       bySourcePort.delete(c.sourcePort);
-      zonesInUse.delete(c.zone);
+      zones.release(c.zone);
       // The last bytes first: the flow's teardown line and the journal carry them.
-      report(c, readCounters([`u${c.sourcePort}`, `d${c.sourcePort}`]));
+      report(c, readCounters(nft, [`u${c.sourcePort}`, `d${c.sourcePort}`]));
       const t = `${FAMILY} ${TABLE}`;
       runOrLog(
         [
@@ -396,15 +431,16 @@ function kernelPath(
       const t = performance.now();
       if (!force && t - lastCollect < COLLECT_EVERY_MS) return;
       lastCollect = t;
-      const counters = readCounters([]);
+      const counters = readCounters(nft, []);
       for (const c of byFlow.values()) report(c, counters);
     },
     async stop() {
       if (stopped) return;
+      for (const c of byFlow.values()) clearTimeout(c.pendingMove);
       // One reading of every counter, then the table goes in one command: at 500 flows, reading and deleting
       // each flow's elements at its own release took seconds (and a SIGKILL on the way out left bindings behind).
       if (byFlow.size > 0) {
-        const all = readCounters([]);
+        const all = readCounters(nft, []);
         for (const c of byFlow.values()) report(c, all);
       }
       stopped = true;
