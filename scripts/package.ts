@@ -4,7 +4,8 @@
  * `rpm` package) and dpkg-deb. Both come from the distribution we already build on, need no network and no other
  * packager; fpm/nfpm would add a Ruby or Go toolchain for the same result.
  *
- * Both packages carry the same tree (staged here): the executable and its x64-baseline twin in /usr/lib/pcoip-cmsg
+ * Both packages carry the same tree (staged here): the executable and its x64-baseline twin in /usr/libexec/pcoip-cmsg
+ * (EL's SELinux policy labels /usr/libexec bin_t, so systemd may run them; /usr/lib would be lib_t)
  * (postinst points /usr/bin/pcoip-cmsg at the one this CPU runs), /usr/sbin/pcoip-cmsg-setup (the vendor's name),
  * the unit, sysctl.d and sysusers.d files, an empty config (conffile / %config(noreplace)), the man page and bash
  * completion generated from --help, the example config and the licenses of the bundled code.
@@ -126,14 +127,14 @@ function stageTree(
   bins: ReturnType<typeof executables>,
   docs: Docs,
 ): void {
-  copyFileSync(bins.binary, join(mkdirp(root, "usr/lib/pcoip-cmsg"), "pcoip-cmsg"));
-  chmodSync(join(root, "usr/lib/pcoip-cmsg/pcoip-cmsg"), 0o755);
+  copyFileSync(bins.binary, join(mkdirp(root, "usr/libexec/pcoip-cmsg"), "pcoip-cmsg"));
+  chmodSync(join(root, "usr/libexec/pcoip-cmsg/pcoip-cmsg"), 0o755);
   if (bins.baseline) {
-    copyFileSync(bins.baseline, join(root, "usr/lib/pcoip-cmsg/pcoip-cmsg-baseline"));
-    chmodSync(join(root, "usr/lib/pcoip-cmsg/pcoip-cmsg-baseline"), 0o755);
+    copyFileSync(bins.baseline, join(root, "usr/libexec/pcoip-cmsg/pcoip-cmsg-baseline"));
+    chmodSync(join(root, "usr/libexec/pcoip-cmsg/pcoip-cmsg-baseline"), 0o755);
   }
-  write(root, "usr/lib/pcoip-cmsg/packaged", `${kind}\n`);
-  link(root, "usr/bin/pcoip-cmsg", "../lib/pcoip-cmsg/pcoip-cmsg");
+  write(root, "usr/share/pcoip-cmsg/packaged", `${kind}\n`);
+  link(root, "usr/bin/pcoip-cmsg", "../libexec/pcoip-cmsg/pcoip-cmsg");
   link(root, "usr/sbin/pcoip-cmsg-setup", "../bin/pcoip-cmsg");
   const unit = readFileSync(join(REPO, "systemd/pcoip-cmsg.service"), "utf8").replaceAll(
     "/usr/local/bin/pcoip-cmsg",
@@ -283,7 +284,7 @@ function buildRpm(o: Options, bins: ReturnType<typeof executables>, work: string
     .replaceAll("@RELEASE@", o.release)
     .replaceAll("@STAGE@", stage)
     .replaceAll("@COMMON@", common)
-    .replace("@BASELINE_FILE@", bins.baseline ? "/usr/lib/pcoip-cmsg/pcoip-cmsg-baseline" : "");
+    .replace("@BASELINE_FILE@", bins.baseline ? "/usr/libexec/pcoip-cmsg/pcoip-cmsg-baseline" : "");
   const specFile = join(work, "pcoip-cmsg.spec");
   writeFileSync(specFile, spec);
   const top = join(work, "rpmbuild");

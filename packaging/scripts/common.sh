@@ -29,11 +29,11 @@ pcoip_cmsg_account() {
 # hypervisor baselines), where the default build would die with SIGILL. PCOIP_CMSG_CPUINFO lets tests pretend.
 pcoip_cmsg_choose_binary() {
   build=pcoip-cmsg
-  if [ -x /usr/lib/pcoip-cmsg/pcoip-cmsg-baseline ] && ! grep -qw avx2 "${PCOIP_CMSG_CPUINFO:-/proc/cpuinfo}" 2>/dev/null; then
+  if [ -x /usr/libexec/pcoip-cmsg/pcoip-cmsg-baseline ] && ! grep -qw avx2 "${PCOIP_CMSG_CPUINFO:-/proc/cpuinfo}" 2>/dev/null; then
     build=pcoip-cmsg-baseline
   fi
-  ln -sfn "../lib/pcoip-cmsg/$build" /usr/bin/pcoip-cmsg
-  pcoip_cmsg_log "/usr/bin/pcoip-cmsg -> /usr/lib/pcoip-cmsg/$build"
+  ln -sfn "../libexec/pcoip-cmsg/$build" /usr/bin/pcoip-cmsg
+  pcoip_cmsg_log "/usr/bin/pcoip-cmsg -> /usr/libexec/pcoip-cmsg/$build"
 }
 
 pcoip_cmsg_systemd() {

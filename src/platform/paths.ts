@@ -43,7 +43,7 @@ export interface LayoutPaths {
   readonly installLog: string;
   /**
    * Present when the RPM or deb installed the appliance (text: "rpm" or "deb"). Then the package owns the
-   * executables (/usr/lib/pcoip-cmsg, /usr/bin/pcoip-cmsg), the unit and the sysctl.d file, and install/uninstall
+   * executables (/usr/libexec/pcoip-cmsg, /usr/bin/pcoip-cmsg), the unit and the sysctl.d file, and install/uninstall
    * leave them to the package manager.
    */
   readonly packageMarker: string;
@@ -82,7 +82,7 @@ const HOST: LayoutPaths = {
   sysctlFile: "/etc/sysctl.d/90-pcoip-cmsg.conf",
   logDir: "/var/log/pcoip-cmsg",
   installLog: "/var/log/pcoip-cmsg/install.log",
-  packageMarker: "/usr/lib/pcoip-cmsg/packaged",
+  packageMarker: "/usr/share/pcoip-cmsg/packaged",
   packageBinary: "/usr/bin/pcoip-cmsg",
   packageSysctlFile: "/usr/lib/sysctl.d/90-pcoip-cmsg.conf",
 };

@@ -172,7 +172,7 @@ describe.skipIf(skip !== undefined)("deb", () => {
     // Remove: stopped and disabled, configuration and certificates kept.
     await ok(["dpkg", "-r", "pcoip-cmsg"], 170_000);
     expect(await state()).not.toBe("active");
-    expect(existsSync(join(root!.merged, "usr/lib/pcoip-cmsg/pcoip-cmsg"))).toBe(false);
+    expect(existsSync(join(root!.merged, "usr/libexec/pcoip-cmsg/pcoip-cmsg"))).toBe(false);
     expect(readFileSync(cfg, "utf8")).toMatch(/^logLevel = "debug"$/m);
     expect(existsSync(join(root!.merged, "etc/pcoip-cmsg/certs/cm.pem"))).toBe(true);
 

@@ -62,8 +62,9 @@ describe.skipIf(skip !== undefined)("RPM", () => {
     expect(other).toEqual([]);
     const files = (await q(["-qpl", rpm1])).out;
     for (const f of [
-      "/usr/lib/pcoip-cmsg/pcoip-cmsg",
-      "/usr/lib/pcoip-cmsg/pcoip-cmsg-baseline",
+      "/usr/libexec/pcoip-cmsg/pcoip-cmsg",
+      "/usr/libexec/pcoip-cmsg/pcoip-cmsg-baseline",
+      "/usr/share/pcoip-cmsg/packaged",
       "/usr/bin/pcoip-cmsg",
       "/usr/sbin/pcoip-cmsg-setup",
       "/usr/lib/systemd/system/pcoip-cmsg.service",
@@ -141,7 +142,7 @@ echo "installed: $(${rpmR} -q pcoip-cmsg)"
 step erase; ${rpmR} --nodeps -e pcoip-cmsg; echo "rc=$?"
 echo "config: $(tail -1 "$R/etc/pcoip-cmsg/pcoip-cmsg.toml")"
 echo "cert: $(cat "$R/etc/pcoip-cmsg/certs/cm.pem")"
-echo "gone: $(ls "$R/usr/lib/pcoip-cmsg" "$R/usr/bin/pcoip-cmsg" "$R/usr/sbin/pcoip-cmsg-setup" 2>&1 | grep -c 'No such file')"
+echo "gone: $(ls "$R/usr/libexec/pcoip-cmsg" "$R/usr/bin/pcoip-cmsg" "$R/usr/sbin/pcoip-cmsg-setup" 2>&1 | grep -c 'No such file')"
 echo "log:"; cat "$R/var/log/pcoip-cmsg/install.log"
 `;
     const ran = await r.inNamespaces(script, 300_000);
@@ -155,7 +156,7 @@ echo "log:"; cat "$R/var/log/pcoip-cmsg/install.log"
     // rpm itself saves the edited config as .rpmsave on erase; %postun puts it back (checked below).
     expect(steps.install).toContain("rc=0");
     expect(steps.install).toContain("account: pcoip-cmsg:/var/lib/pcoip-cmsg:/usr/sbin/nologin");
-    expect(steps.install).toContain("link: ../lib/pcoip-cmsg/pcoip-cmsg-baseline");
+    expect(steps.install).toContain("link: ../libexec/pcoip-cmsg/pcoip-cmsg-baseline");
     expect(steps.install).toMatch(/perms: 750 \S+ 750 \S+ 640 /);
     expect(steps.install).toContain("verify: []");
     expect(steps.install).toContain(`version: pcoip-cmsg ${VERSION}`);
@@ -165,7 +166,7 @@ echo "log:"; cat "$R/var/log/pcoip-cmsg/install.log"
       expect(steps[s]).toContain("cert: SITE CERTIFICATE");
       expect(steps[s]).toContain("rpmnew: 0");
       expect(steps[s]).toContain("verify: []");
-      expect(steps[s]).toContain("link: ../lib/pcoip-cmsg/pcoip-cmsg-baseline");
+      expect(steps[s]).toContain("link: ../libexec/pcoip-cmsg/pcoip-cmsg-baseline");
     }
     expect(steps.upgrade).toContain(`installed: pcoip-cmsg-${VERSION}-2.x86_64`);
     expect(steps.downgrade).toContain(`installed: pcoip-cmsg-${VERSION}-1.x86_64`);

@@ -1,5 +1,5 @@
 /**
- * With the RPM or deb installed (its marker /usr/lib/pcoip-cmsg/packaged), `install` configures and starts the
+ * With the RPM or deb installed (its marker /usr/share/pcoip-cmsg/packaged), `install` configures and starts the
  * package's unit but copies no executable and writes no unit of its own, the package's empty config does not
  * count as "policies accepted", and `uninstall` leaves the package's files and says how to remove the package.
  * Staged under --root: nothing on this host changes.
@@ -48,8 +48,8 @@ function capture() {
 
 /** What the deb leaves on disk before `pcoip-cmsg-setup install` runs. */
 function packageTree(root: string): void {
-  mkdirSync(join(root, "usr/lib/pcoip-cmsg"), { recursive: true });
-  writeFileSync(join(root, "usr/lib/pcoip-cmsg/packaged"), "deb\n");
+  mkdirSync(join(root, "usr/share/pcoip-cmsg"), { recursive: true });
+  writeFileSync(join(root, "usr/share/pcoip-cmsg/packaged"), "deb\n");
   mkdirSync(join(root, "usr/lib/sysctl.d"), { recursive: true });
   writeFileSync(
     join(root, "usr/lib/sysctl.d/90-pcoip-cmsg.conf"),
@@ -103,7 +103,7 @@ describe("install and uninstall over the packages", () => {
     const io = capture();
     expect(await runUninstall(["--root", root], io, { run, systemdRunning: () => true })).toBe(0);
     expect(io.out).toContain("come from the deb package: remove it with apt remove pcoip-cmsg");
-    expect(existsSync(join(root, "usr/lib/pcoip-cmsg/packaged"))).toBe(true);
+    expect(existsSync(join(root, "usr/share/pcoip-cmsg/packaged"))).toBe(true);
     expect(existsSync(layout.disk.configFile)).toBe(true);
   });
 });
