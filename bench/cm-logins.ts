@@ -18,8 +18,12 @@
  * Each line carries the machine's load (share of both cores busy over the run, from /proc/stat): the box is
  * shared, and only CPU ms per login stays meaningful when it is busy.
  *
+ * The CM logs into a file (bench/.work/cm-logins/<cert>.log), not a pipe to this process: the load generator
+ * would read it late and the CM's synchronous log writes would wait on it (BENCH_LOGINS_LOG_PIPE=1: the pipe).
+ *
  * Env: BENCH_LOGINS_SECONDS (5), BENCH_LOGINS_IN_FLIGHT (32), BENCH_LOGINS_RATE (200), BENCH_LOGINS_IDLE_RATE
- * (20), BENCH_LOGINS_CERTS ("rsa3072,rsa2048,p256"), BENCH_CM_PROFILE=1 (CPU profile of the CM into
+ * (20), BENCH_LOGINS_CERTS ("rsa3072,rsa2048,p256"), BENCH_LOGINS_QUICK=1 (CPU per login only, for A/B),
+ * BENCH_LOGINS_LOG_PIPE=1, BENCH_CM_PROFILE=1 (CPU profile of the CM into
  * bench/.work/prof). Run: npx bun bench/cm-logins.ts
  */
 import { readFileSync, writeFileSync } from "node:fs";
@@ -231,6 +235,9 @@ function describe(label: string, m: Measured<LoginStats>): void {
 }
 
 const LOGIN_USER = { user: "alice", password: FIXTURE.alice.password };
+/** BENCH_LOGINS_LOG_PIPE=1: the CM logs into a pipe read by this process, as before (see ApplianceOptions.logFile). */
+const LOG_PIPE = process.env.BENCH_LOGINS_LOG_PIPE === "1";
+const logFileFor = (certName: string) => join(workDir("cm-logins"), `${certName}.log`);
 
 /** The appliance with `cert`: built-in broker, slapd for passwords, the two fake agents as desktops. */
 function startCm(procs: ProcessSet, pki: TestPki, certName: string, cert: TestCert, ldapUrl: string) {
@@ -264,6 +271,8 @@ function startCm(procs: ProcessSet, pki: TestPki, certName: string, cert: TestCe
     cm: { maxConcurrentEstablishments: 5000 },
     sg: { maxSessions: 200000, udpSourcePorts: "10000-60000" },
     extraToml,
+    // Not a pipe to this process (the load generator): see ApplianceOptions.logFile.
+    ...(LOG_PIPE ? {} : { logFile: logFileFor(certName) }),
   });
 }
 
@@ -280,9 +289,11 @@ async function quickCpuPerLogin(
   try {
     const fast: LoginTarget = { port: cm.cmPort, ca: pki.ca.cert, ...LOGIN_USER, resourceId: "fast" };
     await runLogins(fast, { concurrency: 8, seconds: 1.5 });
-    const lines0 = cm.child.lines().length;
+    const lineCount = () =>
+      LOG_PIPE ? cm.child.lines().length : readFileSync(logFileFor(certName), "utf8").split("\n").length;
+    const lines0 = lineCount();
     const logins0 = (await runLogins(fast, { concurrency: 8, seconds: 1 })).completed;
-    detail(`CM log lines per login: ${fmt((cm.child.lines().length - lines0) / Math.max(1, logins0))}`);
+    detail(`CM log lines per login: ${fmt((lineCount() - lines0) / Math.max(1, logins0))}`);
     for (let i = 0; i < 3; i++) {
       const f = await measured({ cm: cm.pid, ...agents }, () =>
         runLogins(fast, { concurrency: IN_FLIGHT, seconds: SECONDS }),

@@ -4,7 +4,7 @@
  * through the bench's ProcessSet. Listeners are on 127.0.0.1 with port 0 except admin (a free port chosen here,
  * so start-up can be timed by polling /readyz); the real ports come from the start-up listener log lines.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
 import { freePort } from "./net.ts";
@@ -30,6 +30,12 @@ export interface ApplianceOptions {
   readonly sg?: Readonly<Record<string, number | string>>;
   /** TOML appended as is (e.g. an [ldap] table and [[desktops]] for the built-in broker). */
   readonly extraToml?: string;
+  /**
+   * Log lines go to this file instead of a pipe to the bench. Under load the bench process (also the load
+   * generator) reads the pipe late; once its 64 KiB are full the appliance's synchronous log write waits, and the
+   * bench would measure its own reading. A file stands for journald, which reads at once.
+   */
+  readonly logFile?: string;
   /** Default "info", as installed (the listener lines that give the ports are info). */
   readonly logLevel?: "info" | "debug";
   /** argv prefix, e.g. ["prlimit", "--nofile=40000:40000", "--"] to raise the descriptor limit. */
@@ -131,9 +137,27 @@ export async function startApplianceRun(procs: ProcessSet, o: ApplianceOptions):
   const adminPort = await freePort("tcp");
   const configFile = await writeApplianceConfig(o, adminPort);
   // The listener lines are logged at info: a run at "warn" never reports its ports.
-  const child = procs.spawn(`appliance (${o.name})`, applianceArgv(o, configFile), { env: cleanEnv() });
+  const argv = applianceArgv(o, configFile);
+  // A previous run's file would give its ports before the shell truncates it.
+  if (o.logFile) rmSync(o.logFile, { force: true });
+  const child = o.logFile
+    ? procs.spawn(`appliance (${o.name})`, ["sh", "-c", 'exec "$0" "$@" >"$BENCH_LOG_FILE" 2>&1', ...argv], {
+        env: { ...cleanEnv(), BENCH_LOG_FILE: o.logFile },
+      })
+    : procs.spawn(`appliance (${o.name})`, argv, { env: cleanEnv() });
+  const logFile = o.logFile;
+  const waitLine = logFile
+    ? async (match: (l: string) => boolean) => {
+        for (let waited = 0; waited < 30_000; waited += 50) {
+          const found = (existsSync(logFile) ? readFileSync(logFile, "utf8") : "").split("\n").find(match);
+          if (found) return found;
+          await Bun.sleep(50);
+        }
+        throw new Error(`appliance (${o.name}): no matching line in ${logFile} within 30 s`);
+      }
+    : (match: (l: string) => boolean) => child.waitForLine(match, 30_000);
   const port = async (listener: string) => {
-    const line = await child.waitForLine((l) => l.includes(`"listener":"${listener}"`), 30_000);
+    const line = await waitLine((l) => l.includes(`"listener":"${listener}"`));
     const address = String((JSON.parse(line) as { address: string }).address);
     return Number(address.slice(address.lastIndexOf(":") + 1));
   };
