@@ -117,8 +117,14 @@ export function parseClientHello(
       if (start + (msgTotal - before) > maxBytes) return invalid("too_large");
     }
     if (msgTotal >= 0 && payload >= msgTotal) return parseBody(gather(buf, spans, msgTotal));
-    if (recEnd > maxBytes) return invalid("too_large");
-    if (buf.length < recEnd) return need(recEnd - buf.length);
+    // What this record must still deliver before anything can be decided: up to the hello's end (or its header's)
+    // when that lies inside the record, else the whole record. Waiting for the whole record instead refused a
+    // hello that ends before the peek limit in a record that claims to run past it — which the whole buffer,
+    // parsed at once, accepts (the fuzz suite found the disagreement).
+    const decidedAt = start + (msgTotal >= 0 ? msgTotal : HANDSHAKE_HEADER) - before;
+    const waitEnd = Math.min(recEnd, decidedAt);
+    if (waitEnd > maxBytes) return invalid("too_large");
+    if (buf.length < waitEnd) return need(waitEnd - buf.length);
     off = recEnd;
     if (walk) {
       walk.off = off;

@@ -221,6 +221,19 @@ describe("ClientHello reader fuzz", () => {
     }
   });
 
+  test("a hello that ends inside a record claiming to run past the peek limit: every prefix waits, the whole is a hello", () => {
+    // Found by the mutation fuzz below (seed -298934532): the record walk waited for the whole record and refused
+    // it as too_large, while the same bytes parsed at once gave the hello.
+    for (const r of real) {
+      const wire = Uint8Array.from(r.bytes);
+      wire[3] = 0x40; // record length 16,384: the record would end past MAX_CLIENT_HELLO_BYTES
+      wire[4] = 0x00;
+      expect(parseClientHello(wire)).toEqual({ kind: "hello", sni: r.sni });
+      for (let n = 0; n < wire.length; n++) expect(parseClientHello(wire.subarray(0, n)).kind).toBe("need");
+      expect(feed(wire, [7, 100, 300])).toEqual({ kind: "hello", sni: r.sni });
+    }
+  });
+
   test("every strict prefix of a real hello asks for more bytes, never claims a hello or refuses", () => {
     for (const r of real) {
       for (let n = 0; n < r.bytes.length; n++) {
