@@ -35,6 +35,7 @@ import { certificateCovers, generateSelfSigned, loadCaBundle, loadCertificatePai
 import { formatFlags, parseArgs } from "./args.ts";
 import { loggedReporter, openInstallLog } from "./install-log.ts";
 import type { CliIo, CommandMain } from "./io.ts";
+import { syncForwardingLine } from "./sysctl-file.ts";
 import {
   CONFIGURE_FLAGS,
   configEdits,
@@ -730,6 +731,14 @@ export async function runConfigure(argv: string[], io: CliIo, deps: ConfigureDep
     io.stderr(`pcoip-cmsg configure: ${formatProblem(applied.problem!)}`);
     return 1;
   }
+  if (after.ok)
+    try {
+      syncForwardingLine(layout, after.config, report, true);
+    } catch (e) {
+      report.warn(
+        `${layout.host.sysctlFile}: the forwarding line could not be removed (${(e as Error).message}); remove net.ipv4.ip_forward = 1 from it by hand`,
+      );
+    }
   const somethingChanged =
     plan.changes.length > 0 || plan.certificate.kind !== "keep" || plan.caFrom !== undefined;
   if (!somethingChanged && !plan.proxyChanged) {

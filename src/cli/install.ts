@@ -81,6 +81,7 @@ import {
   readInstallRecord,
 } from "./status.ts";
 import { applySysctlFile, defaultSysctlFile } from "./sysctl.ts";
+import { FORWARDING_LINE, kernelForwardingWanted, syncForwardingLine, sysctlText } from "./sysctl-file.ts";
 import {
   INSTALL_FLAGS,
   type Installed,
@@ -615,8 +616,11 @@ async function placeFiles(
     const wmem = layout.staged
       ? SOCKET_BUFFER_BYTES
       : Math.max(SOCKET_BUFFER_BYTES, readSysctl("net.core.wmem_default") ?? 0);
-    writeFileAtomic(d.sysctlFile, sysctlText(rmem, wmem), 0o644);
-    report.done(`${h.sysctlFile}: net.core.rmem_default = ${rmem}, net.core.wmem_default = ${wmem}`);
+    const forward = kernelForwardingWanted(c.config);
+    writeFileAtomic(d.sysctlFile, sysctlText(rmem, wmem, forward), 0o644);
+    report.done(
+      `${h.sysctlFile}: net.core.rmem_default = ${rmem}, net.core.wmem_default = ${wmem}${forward ? `, ${FORWARDING_LINE} (sg.udpFastPath: only admitted media is forwarded)` : ""}`,
+    );
   } catch (e) {
     return { problem: fsProblem(`writing ${h.unitFile} and ${h.sysctlFile}`, e) };
   }
@@ -662,6 +666,14 @@ async function serviceSteps(
     report.note(
       `firewalld is ${fw === "absent" ? "not installed" : "not running"}: no ports opened (open ${firewallPorts(c.config).join(", ")} in your firewall)`,
     );
+  if (c.packaged !== undefined) {
+    // The package's sysctl.d file has no forwarding (a host with the SG off must not start routing): ours in /etc.
+    try {
+      syncForwardingLine(layout, c.config, report);
+    } catch (e) {
+      problems.push(fsProblem(`writing ${h.sysctlFile}`, e));
+    }
+  }
   applyKernelSettings(layout, report, problems);
   if (!layout.staged && !deps.systemdRunning()) {
     report.note(
@@ -775,19 +787,11 @@ function applyKernelSettings(layout: InstallLayout, report: Reporter, problems: 
     // read-only (EACCES/EROFS) and the settings belong to the host.
     if (o.outcome === "failed")
       report.warn(
-        `${describeOutcome(o)}; the service runs with smaller UDP buffers. Fix: run ${PRODUCT_NAME} sysctl as root on the host (systemd-sysctl applies ${file.slice(layout.root === "/" ? 0 : layout.root.length)} at every boot)`,
+        `${describeOutcome(o)}; ${o.key === "net.ipv4.ip_forward" ? "media stays in user space (sg.udpFastPath)" : "the service runs with smaller UDP buffers"}. Fix: run ${PRODUCT_NAME} sysctl as root on the host (systemd-sysctl applies ${file.slice(layout.root === "/" ? 0 : layout.root.length)} at every boot)`,
       );
     else if (o.outcome === "absent") report.note(describeOutcome(o));
     else report.done(describeOutcome(o));
   }
-}
-
-function sysctlText(rmem: number, wmem: number): string {
-  return `# Written by pcoip-cmsg install. Bun's UDP sockets cannot set SO_RCVBUF/SO_SNDBUF, so the Security Gateway's
-# UDP 4172 socket gets the kernel default, which holds only milliseconds of PCoIP media for all sessions.
-net.core.rmem_default = ${rmem}
-net.core.wmem_default = ${wmem}
-`;
 }
 
 function fsProblem(what: string, e: unknown): Problem {

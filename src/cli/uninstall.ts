@@ -144,7 +144,10 @@ export async function runUninstall(argv: string[], io: CliIo, deps: UninstallDep
   }
   const hadSysctl = existsSync(d.sysctlFile);
   remove(h.sysctlFile, d.sysctlFile);
-  if (hadSysctl) report.note("the raised UDP buffer sizes stay until the next boot");
+  if (hadSysctl)
+    report.note(
+      "the raised UDP buffer sizes (and IPv4 forwarding, when the file switched it on) stay until the next boot",
+    );
   remove(h.binary, d.binary);
   remove(h.libDir, d.libDir);
   if (packaged !== undefined)

@@ -83,7 +83,9 @@ describe("install and uninstall over the packages", () => {
     expect(io.err).toContain("--accept-policies");
   });
 
-  // Claim: no executable, unit or sysctl.d file is written; the config and service steps are.
+  // Claim: no executable or unit is written; the config and service steps are; the package's sysctl.d file has no
+  // forwarding (the SG may be off), so install writes /etc/sysctl.d/90-pcoip-cmsg.conf: the package's settings plus
+  // net.ipv4.ip_forward = 1 (it masks the package's), and applies that one.
   test("configures and starts the package's unit without copying an executable or a unit", async () => {
     const io = capture();
     const code = await runInstall(["--root", root, "--accept-policies", ...flags], io, deps);
@@ -91,9 +93,14 @@ describe("install and uninstall over the packages", () => {
     expect(code).toBe(0);
     expect(io.out).toContain("the deb package installed the executable and the unit");
     expect(io.out).toContain("staged, not run here: systemctl enable pcoip-cmsg");
-    expect(io.out).toContain("/usr/lib/sysctl.d/90-pcoip-cmsg.conf through /proc/sys");
+    expect(io.out).toContain("/etc/sysctl.d/90-pcoip-cmsg.conf through /proc/sys");
+    expect(readFileSync(join(PACKAGING, "files/sysctl.conf"), "utf8")).not.toContain("ip_forward");
+    const sysctl = readFileSync(layout.disk.sysctlFile, "utf8");
+    expect(sysctl).toMatch(/^# Written by pcoip-cmsg install/);
+    expect(sysctl).toMatch(/^net\.core\.rmem_default = 4194304$/m);
+    expect(sysctl).toMatch(/^net\.ipv4\.ip_forward = 1$/m);
     expect(readFileSync(layout.disk.configFile, "utf8")).toContain('externalPcoipIp = ["203.0.113.9"]');
-    for (const f of [layout.disk.binary, layout.disk.unitFile, layout.disk.sysctlFile])
+    for (const f of [layout.disk.binary, layout.disk.unitFile])
       expect({ f, exists: existsSync(f) }).toEqual({ f, exists: false });
     expect(io.err).toContain("no --broker-url and no [[desktops]]");
     expect(readFileSync(layout.disk.installLog, "utf8")).toMatch(/install: done: .*self-signed/);

@@ -27,6 +27,7 @@ import { runUninstall } from "../../src/cli/uninstall.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import { type CommandRunner, type PortProbe, runCommand } from "../../src/platform/host.ts";
 import { installLayout } from "../../src/platform/paths.ts";
+import { parseSysctlConf } from "../../src/platform/sysctl.ts";
 import { loadCertificatePair } from "../../src/tls/certs.ts";
 
 const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-install-"));
@@ -137,6 +138,12 @@ describe("install --root (staged)", () => {
     );
     expect(readFileSync(layout.disk.sysctlFile, "utf8")).toMatch(/^net\.core\.rmem_default = \d+$/m);
     expect(readFileSync(layout.disk.sysctlFile, "utf8")).toMatch(/^net\.core\.wmem_default = \d+$/m);
+    // Claim: with the SG on and sg.udpFastPath not "off", the sysctl.d file switches IPv4 forwarding on (the
+    // service cannot: ProtectKernelTunables), with the comment saying why; the SG's sysctl parser applies it.
+    const sysctl = readFileSync(layout.disk.sysctlFile, "utf8");
+    expect(sysctl).toMatch(/^net\.ipv4\.ip_forward = 1$/m);
+    expect(sysctl).toContain("drops every forwarded packet that is not an admitted session's media");
+    expect(parseSysctlConf(sysctl)).toContainEqual({ key: "net.ipv4.ip_forward", value: 1 });
     expect(readFileSync(layout.disk.usersFile, "utf8")).toBe("");
     expect(mode(layout.disk.usersFile)).toBe(0o600);
     const env = readFileSync(layout.disk.proxyEnv, "utf8");
@@ -229,6 +236,36 @@ describe("install --root (staged)", () => {
     ).toBe(0);
     expect(readFileSync(layout.disk.configFile, "utf8")).toBe(before);
     expect(again.out).toContain("nothing changed");
+  }, 30_000);
+
+  // Claim: sg.udpFastPath = "off" takes the forwarding line out: configure removes it (saying forwarding stays on
+  // until the next boot), and install with that configuration does not write it back; the buffers stay.
+  test('udpFastPath = "off": configure removes the forwarding line and install does not write it', async () => {
+    writeFileSync(
+      layout.disk.configFile,
+      `${readFileSync(layout.disk.configFile, "utf8")}\n[sg]\nudpFastPath = "off"\n`,
+    );
+    expect(loadConfig({ file: layout.disk.configFile, strict: true })).toMatchObject({
+      ok: true,
+      config: { sg: { udpFastPath: "off" } },
+    });
+    const out = capture();
+    expect(await runConfigure(["--root", root], out, { run: rec.run, systemdRunning: () => true })).toBe(0);
+    expect(out.out).toContain("net.ipv4.ip_forward = 1 removed");
+    const removed = readFileSync(layout.disk.sysctlFile, "utf8");
+    expect(removed).not.toContain("ip_forward");
+    expect(removed).not.toContain("admitted session's media");
+    expect(removed).toMatch(/^net\.core\.rmem_default = \d+$/m);
+    const again = capture();
+    const code = await runInstall(
+      ["--root", root, "--binary", fakeBinary("9.9.9"), "--ignore-disk-req"],
+      again,
+      deps(rec.run),
+    );
+    expect(again.err).not.toContain("install: ");
+    expect(code).toBe(0);
+    expect(readFileSync(layout.disk.sysctlFile, "utf8")).not.toContain("ip_forward");
+    expect(readFileSync(layout.disk.sysctlFile, "utf8")).toMatch(/^net\.core\.wmem_default = \d+$/m);
   }, 30_000);
 
   test("uninstall removes the service files and keeps config; --purge removes the rest", async () => {

@@ -14,13 +14,17 @@ export interface FastPathCheck {
   readonly fix?: string;
 }
 
-/** The firewalld commands that let forwarded media through (a policy from any zone to any zone, UDP 4172). */
+/**
+ * The firewalld commands that let forwarded media through: a policy from any zone to any zone (forwarded traffic
+ * only; HOST is not ANY) accepting UDP to the agents' port, IPv4 and IPv6. Replies pass as established. Safe to
+ * run again: the policy is created only when missing.
+ */
 export function firewalldLines(agentUdpPort = 4172): string[] {
   return [
-    "firewall-cmd --permanent --new-policy pcoip-media",
+    "{ firewall-cmd --permanent --info-policy pcoip-media >/dev/null 2>&1 || firewall-cmd --permanent --new-policy pcoip-media; }",
     "firewall-cmd --permanent --policy pcoip-media --add-ingress-zone ANY",
     "firewall-cmd --permanent --policy pcoip-media --add-egress-zone ANY",
-    `firewall-cmd --permanent --policy pcoip-media --add-rich-rule 'rule family="ipv4" port port="${agentUdpPort}" protocol="udp" accept'`,
+    `firewall-cmd --permanent --policy pcoip-media --add-port ${agentUdpPort}/udp`,
     "firewall-cmd --reload",
   ];
 }
@@ -58,7 +62,7 @@ export function fastPathChecks(config: Readonly<Config>, firewalldRunning: boole
       verdict,
       name: "udp fast path",
       detail: `net.ipv4.ip_forward = ${forwarding}: the service cannot switch it on (ProtectKernelTunables), so media stays in user space`,
-      fix: 'add net.ipv4.ip_forward = 1 to /etc/sysctl.d/90-pcoip-cmsg.conf and run pcoip-cmsg sysctl (the SG then forwards nothing but admitted media), or set sg.udpFastPath = "off"',
+      fix: 'run pcoip-cmsg install again (it adds net.ipv4.ip_forward = 1 to /etc/sysctl.d/90-pcoip-cmsg.conf and applies it), or add that line by hand and run pcoip-cmsg sysctl (the SG then forwards nothing but admitted media), or set sg.udpFastPath = "off"',
     });
   else
     out.push({

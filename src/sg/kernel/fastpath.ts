@@ -133,7 +133,7 @@ export function openKernelPath(
       nft.close();
       return {
         ok: false,
-        reason: `net.ipv4.ip_forward is 0 and this process cannot set it (${(e as Error).message}): add net.ipv4.ip_forward = 1 to /etc/sysctl.d/90-pcoip-cmsg.conf, or set sg.udpFastPath = "off"`,
+        reason: `net.ipv4.ip_forward is 0 and this process cannot set it (${(e as Error).message}): run pcoip-cmsg install again (it adds net.ipv4.ip_forward = 1 to /etc/sysctl.d/90-pcoip-cmsg.conf and applies it), or set sg.udpFastPath = "off"`,
       };
     }
   }
