@@ -18,6 +18,29 @@ export interface MetricFamily {
   readonly samples: readonly Sample[] | (() => readonly Sample[]);
 }
 
+/** A counter family: the planes list many, and a one-line call keeps each family's name and help readable. */
+export function counter(name: string, help: string, samples: readonly Sample[]): MetricFamily {
+  return { name, help, type: "counter", samples };
+}
+
+/** A gauge family (see `counter`). */
+export function gauge(name: string, help: string, samples: readonly Sample[]): MetricFamily {
+  return { name, help, type: "gauge", samples };
+}
+
+/** One sample per entry of a `{ key: count }` record, the key under `label` (refusals by reason, sessions by state…). */
+export function samplesByLabel(label: string, counts: Readonly<Record<string, number>>): Sample[] {
+  return Object.entries(counts).map(([key, value]) => ({ labels: { [label]: key }, value }));
+}
+
+/** The two samples of a relayed-both-ways figure, labelled the way every `*_total{direction}` family is. */
+export function samplesByDirection(toAgent: number, toClient: number): Sample[] {
+  return [
+    { labels: { direction: "to_agent" }, value: toAgent },
+    { labels: { direction: "to_client" }, value: toClient },
+  ];
+}
+
 /** A fixed-bucket histogram (seconds); `observe` is O(buckets) with no allocation. */
 export class Histogram {
   readonly #bounds: readonly number[];

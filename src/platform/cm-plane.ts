@@ -25,7 +25,13 @@ import { compileTrustedProxies } from "../net/client-address.ts";
 import type { ConnInfo } from "../net/http1.ts";
 import type { ReadinessCheck } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
-import type { MetricFamily, MetricsRegistry, Sample } from "../observability/metrics.ts";
+import {
+  counter,
+  gauge,
+  type MetricFamily,
+  type MetricsRegistry,
+  samplesByLabel,
+} from "../observability/metrics.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
 import type { ProductInfo } from "../protocol/types.ts";
 import type { CertificatePair } from "../tls/certs.ts";
@@ -297,41 +303,31 @@ function build(
 /** The per-client-IP caps of issue 16 (#4 pre-sessions, #5 password checks): what they evicted, queued, refused. */
 function perIpFamilies(c: CmCounters, checks: PasswordCheckCounters): MetricFamily[] {
   return [
-    {
-      name: "pcoip_cm_pre_session_evictions_total",
-      help: "Pre-sessions that had only said hello, evicted for a new one (global: cm.maxPreSessions, per_ip: cm.maxPreSessionsPerIp).",
-      type: "counter",
-      samples: Object.entries(c.preSessionsEvicted).map(([reason, value]) => ({ labels: { reason }, value })),
-    },
-    {
-      name: "pcoip_cm_pre_session_refusals_total",
-      help: "Hellos refused a pre-session: every one of the IP (or the node) was signed in or signing in.",
-      type: "counter",
-      samples: [{ value: c.preSessionsRefused }],
-    },
-    {
-      name: "pcoip_cm_password_checks_queued_total",
-      help: "Password checks that waited for one of their client IP's cm.maxPasswordChecksPerIp slots.",
-      type: "counter",
-      samples: [{ value: checks.queued }],
-    },
-    {
-      name: "pcoip_cm_password_check_busy_total",
-      help: "Password checks answered busy without checking, by reason (wait_timeout: 10 s in the IP's queue).",
-      type: "counter",
-      samples: Object.entries(checks.busy).map(([reason, value]) => ({ labels: { reason }, value })),
-    },
+    counter(
+      "pcoip_cm_pre_session_evictions_total",
+      "Pre-sessions that had only said hello, evicted for a new one (global: cm.maxPreSessions, per_ip: cm.maxPreSessionsPerIp).",
+      samplesByLabel("reason", c.preSessionsEvicted),
+    ),
+    counter(
+      "pcoip_cm_pre_session_refusals_total",
+      "Hellos refused a pre-session: every one of the IP (or the node) was signed in or signing in.",
+      [{ value: c.preSessionsRefused }],
+    ),
+    counter(
+      "pcoip_cm_password_checks_queued_total",
+      "Password checks that waited for one of their client IP's cm.maxPasswordChecksPerIp slots.",
+      [{ value: checks.queued }],
+    ),
+    counter(
+      "pcoip_cm_password_check_busy_total",
+      "Password checks answered busy without checking, by reason (wait_timeout: 10 s in the IP's queue).",
+      samplesByLabel("reason", checks.busy),
+    ),
   ];
 }
 
 /** The CM's metric families: counters from the node state (monotonic across reloads), gauges from the generations. */
 function cmFamilies(c: CmCounters, sessionsByState: Record<string, number>): MetricFamily[] {
-  const counter = (name: string, help: string, samples: Sample[]): MetricFamily => ({
-    name,
-    help,
-    type: "counter",
-    samples,
-  });
   return [
     counter("pcoip_cm_requests_total", "Broker-protocol requests.", [{ value: c.requests }]),
     counter("pcoip_cm_protocol_errors_total", "Requests answered with error-resp.", [
@@ -343,27 +339,17 @@ function cmFamilies(c: CmCounters, sessionsByState: Record<string, number>): Met
       { labels: { outcome: "throttled" }, value: c.loginsThrottled },
     ]),
     counter("pcoip_cm_busy_total", "Busy answers (establishment limit or SG full).", [{ value: c.busy }]),
-    {
-      name: "pcoip_cm_establishing",
-      help: "Broker/agent calls in flight.",
-      type: "gauge",
-      samples: [{ value: c.establishing }],
-    },
-    {
-      name: "pcoip_cm_sessions",
-      help: "Pre-sessions by state.",
-      type: "gauge",
-      samples: Object.entries(sessionsByState).map(([state, value]) => ({ labels: { state }, value })),
-    },
+    gauge("pcoip_cm_establishing", "Broker/agent calls in flight.", [{ value: c.establishing }]),
+    gauge("pcoip_cm_sessions", "Pre-sessions by state.", samplesByLabel("state", sessionsByState)),
     counter(
       "pcoip_cm_allocations_total",
       "allocate-resource answers by result id.",
-      Object.entries(c.allocations).map(([r, value]) => ({ labels: { result: r }, value })),
+      samplesByLabel("result", c.allocations),
     ),
     counter(
       "pcoip_cm_agent_targets_refused_total",
       "Agent targets the SG would not relay to, by rule (sg.agentPorts, sg.agentNetworks, own listener…).",
-      Object.entries(c.targetsRefused).map(([rule, value]) => ({ labels: { rule }, value })),
+      samplesByLabel("rule", c.targetsRefused),
     ),
   ];
 }

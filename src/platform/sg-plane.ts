@@ -6,7 +6,13 @@
 import type { Config } from "../config/schema.ts";
 import { effectiveListeners, parseListen, parsePortRange } from "../config/schema.ts";
 import type { Logger } from "../observability/log.ts";
-import type { MetricsRegistry } from "../observability/metrics.ts";
+import {
+  counter,
+  gauge,
+  type MetricsRegistry,
+  samplesByDirection,
+  samplesByLabel,
+} from "../observability/metrics.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
 import { type Admissions, createAdmissions } from "../sg/admissions.ts";
 import type { RelayLimits } from "../sg/limits.ts";
@@ -125,96 +131,50 @@ function registerSgMetrics(
     const byState = { pending: 0, active: 0, ended: 0 };
     for (const rec of admissions.list()) byState[rec.state]++;
     return [
-      {
-        name: "pcoip_sg_sessions",
-        help: "SG sessions by state.",
-        type: "gauge",
-        samples: Object.entries(byState).map(([state, value]) => ({ labels: { state }, value })),
-      },
-      {
-        name: "pcoip_sg_admissions_total",
-        help: "Sessions admitted by the CM.",
-        type: "counter",
-        samples: [{ value: a.admitted }],
-      },
-      {
-        name: "pcoip_sg_admission_refusals_total",
-        help: "Admissions refused, by reason.",
-        type: "counter",
-        samples: Object.entries(a.refused).map(([reason, value]) => ({ labels: { reason }, value })),
-      },
-      {
-        name: "pcoip_sg_tcp_accepted_total",
-        help: "Control connections accepted on 4172.",
-        type: "counter",
-        samples: [{ value: t.accepted }],
-      },
-      {
-        name: "pcoip_sg_tcp_relays_open",
-        help: "TCP relays open now.",
-        type: "gauge",
-        samples: [{ value: t.active }],
-      },
-      {
-        name: "pcoip_sg_tcp_denials_total",
-        help: "Control connections refused, by reason.",
-        type: "counter",
-        samples: Object.entries(t.refused).map(([reason, value]) => ({ labels: { reason }, value })),
-      },
-      {
-        name: "pcoip_sg_tcp_bytes_total",
-        help: "Bytes relayed on TCP 4172.",
-        type: "counter",
-        samples: [
-          { labels: { direction: "to_agent" }, value: t.bytesToAgent },
-          { labels: { direction: "to_client" }, value: t.bytesToClient },
-        ],
-      },
-      {
-        name: "pcoip_sg_udp_packets_total",
-        help: "UDP datagrams relayed.",
-        type: "counter",
-        samples: [
-          { labels: { direction: "to_agent" }, value: u.packetsUp },
-          { labels: { direction: "to_client" }, value: u.packetsDown },
-        ],
-      },
-      {
-        name: "pcoip_sg_udp_bytes_total",
-        help: "UDP bytes relayed.",
-        type: "counter",
-        samples: [
-          { labels: { direction: "to_agent" }, value: u.bytesUp },
-          { labels: { direction: "to_client" }, value: u.bytesDown },
-        ],
-      },
-      {
-        name: "pcoip_sg_udp_flows_open",
-        help: "UDP session sockets open now.",
-        type: "gauge",
-        samples: [{ value: u.sessionsOpen }],
-      },
-      {
-        name: "pcoip_sg_udp_path",
-        help: "The UDP data path in use (1 for the active one): kernel (nftables) or userspace.",
-        type: "gauge",
-        samples: (["kernel", "userspace"] as const).map((path) => ({
+      gauge("pcoip_sg_sessions", "SG sessions by state.", samplesByLabel("state", byState)),
+      counter("pcoip_sg_admissions_total", "Sessions admitted by the CM.", [{ value: a.admitted }]),
+      counter(
+        "pcoip_sg_admission_refusals_total",
+        "Admissions refused, by reason.",
+        samplesByLabel("reason", a.refused),
+      ),
+      counter("pcoip_sg_tcp_accepted_total", "Control connections accepted on 4172.", [
+        { value: t.accepted },
+      ]),
+      gauge("pcoip_sg_tcp_relays_open", "TCP relays open now.", [{ value: t.active }]),
+      counter(
+        "pcoip_sg_tcp_denials_total",
+        "Control connections refused, by reason.",
+        samplesByLabel("reason", t.refused),
+      ),
+      counter(
+        "pcoip_sg_tcp_bytes_total",
+        "Bytes relayed on TCP 4172.",
+        samplesByDirection(t.bytesToAgent, t.bytesToClient),
+      ),
+      counter(
+        "pcoip_sg_udp_packets_total",
+        "UDP datagrams relayed.",
+        samplesByDirection(u.packetsUp, u.packetsDown),
+      ),
+      counter("pcoip_sg_udp_bytes_total", "UDP bytes relayed.", samplesByDirection(u.bytesUp, u.bytesDown)),
+      gauge("pcoip_sg_udp_flows_open", "UDP session sockets open now.", [{ value: u.sessionsOpen }]),
+      gauge(
+        "pcoip_sg_udp_path",
+        "The UDP data path in use (1 for the active one): kernel (nftables) or userspace.",
+        (["kernel", "userspace"] as const).map((path) => ({
           labels: { path },
           value: udp.path === path ? 1 : 0,
         })),
-      },
-      {
-        name: "pcoip_sg_udp_fastpath_flows",
-        help: "UDP flows the kernel carries now.",
-        type: "gauge",
-        samples: [{ value: udp.fastPathFlows }],
-      },
-      {
-        name: "pcoip_sg_udp_drops_total",
-        help: "UDP datagrams dropped, by reason.",
-        type: "counter",
-        samples: Object.entries(u.drops).map(([reason, value]) => ({ labels: { reason }, value })),
-      },
-    ] as const;
+      ),
+      gauge("pcoip_sg_udp_fastpath_flows", "UDP flows the kernel carries now.", [
+        { value: udp.fastPathFlows },
+      ]),
+      counter(
+        "pcoip_sg_udp_drops_total",
+        "UDP datagrams dropped, by reason.",
+        samplesByLabel("reason", u.drops),
+      ),
+    ];
   });
 }
