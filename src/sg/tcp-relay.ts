@@ -10,13 +10,14 @@
  *              └─ not TLS / too big / timeout / no match ──────────────► close + count
  * ```
  */
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import { canonicalIp } from "../net/client-address.ts";
 import { type Logger, sessionLogger } from "../observability/log.ts";
 import type { SessionJournal } from "../observability/session-journal.ts";
 import type { Admission, AdmissionEvent, Admissions } from "./admissions.ts";
-import { type HelloWalk, MAX_CLIENT_HELLO_BYTES, newHelloWalk, parseClientHello } from "./client-hello.ts";
+import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.ts";
 import { createRelayLimits, type RelayLimits } from "./limits.ts";
+import { TcpConnection } from "./tcp-connection.ts";
 
 export interface ListenAddress {
   /** "0.0.0.0", "::" (or "[::]"), or one address. */
@@ -98,60 +99,25 @@ export interface TcpRelay {
   stop(): Promise<void>;
 }
 
-type Phase = "hello" | "dialing" | "relaying" | "closed";
-
-/** One accepted connection: both sockets carry this object as their `data`. */
-interface Conn {
-  readonly client: Socket<Conn>;
-  readonly clientIp: string;
-  readonly clientPort: number;
-  readonly openedAt: number;
-  agent: Socket<Conn> | undefined;
-  phase: Phase;
-  /** ClientHello bytes read so far (grown by doubling, capped near the peek limit). */
-  hello: Uint8Array;
-  helloLen: number;
-  /** Parse again once helloLen reaches this. */
-  helloWant: number;
-  /** The ClientHello record walk so far (records already checked are not walked again). */
-  helloWalk: HelloWalk;
-  timer: ReturnType<typeof setTimeout> | undefined;
-  /** The admission the connection was matched to (undefined until its ClientHello matched one). */
-  admission: Admission | undefined;
-  log: Logger | undefined;
-  fds: number;
-  /** Bytes accepted from one side that the other side's socket did not take yet (backpressure). */
-  toAgent: Uint8Array | undefined;
-  toClient: Uint8Array | undefined;
-  /** FIN received from that side. */
-  clientFin: boolean;
-  agentFin: boolean;
-  clientClosed: boolean;
-  agentClosed: boolean;
-  bytesUp: number;
-  bytesDown: number;
-  closedBy: string;
+/** How the relay behaves, resolved once from TcpRelayOptions (defaults filled in). */
+interface TcpRelaySettings {
+  readonly handshakeTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly maxHelloBytes: number;
+  readonly keepAliveSeconds: number;
 }
 
-const NO_BYTES = new Uint8Array(0);
+function settingsOf(o: TcpRelayOptions): TcpRelaySettings {
+  return {
+    handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
+    connectTimeoutMs: o.connectTimeoutMs ?? 10_000,
+    maxHelloBytes: o.maxHelloBytes ?? MAX_CLIENT_HELLO_BYTES,
+    keepAliveSeconds: o.keepAliveSeconds ?? 30,
+  };
+}
 
-/**
- * Long on purpose (≈ 370 lines): the client and agent socket handlers Bun calls share one closure over the relay's
- * connections, counters and budget; the byte pump, the hello buffer and the per-session cap live outside it.
- * @example
- * const r = await startTcpRelay({ listen: [{ hostname: "0.0.0.0", port: 4172 }], admissions, log });
- * if (!r.ok) fail(`${r.error.what}: ${r.error.cause} (${r.error.fix})`);
- */
-export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResult<TcpRelay>> {
-  const { admissions, log } = options;
-  const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 5000;
-  const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-  const maxHelloBytes = options.maxHelloBytes ?? MAX_CLIENT_HELLO_BYTES;
-  const keepAliveSeconds = options.keepAliveSeconds ?? 30;
-  const limits = options.limits ?? createRelayLimits({ log });
-  const sessionCap = new SessionConnectionCap(options.maxConnectionsPerSession ?? 4, log);
-
-  const counters: TcpRelayCounters = {
+function newCounters(): TcpRelayCounters {
+  return {
     accepted: 0,
     relayed: 0,
     active: 0,
@@ -171,82 +137,201 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     bytesToClient: 0,
     pauses: 0,
   };
-  const conns = new Set<Conn>();
-  const bySession = new Map<string, Set<Conn>>();
+}
 
-  // Refusals come from the internet (scanners, floods): log at most a few per second, count all of them.
-  let refusalLogWindow = 0;
-  let refusalLogsInWindow = 0;
-  function logRefusal(conn: Conn, reason: TcpRefusal, extra?: Record<string, unknown>): void {
-    const t = Date.now();
-    if (t - refusalLogWindow >= 1000) {
-      refusalLogWindow = t;
-      refusalLogsInWindow = 0;
+/**
+ * The relay: its listeners, its connections (all of them, and those of each admission), its counters and its share
+ * of the descriptor budget. Each method is one step of a connection's life; Bun's socket handlers (`clientHandlers`,
+ * `agentHandlers`) only pass their events on to these steps. Per-connection state and the byte pump live on
+ * {@link TcpConnection}.
+ */
+class TcpRelayImpl implements TcpRelay {
+  readonly counters: TcpRelayCounters = newCounters();
+  readonly listeners: TCPSocketListener<TcpConnection>[] = [];
+  private readonly conns = new Set<TcpConnection>();
+  private readonly bySession = new Map<string, Set<TcpConnection>>();
+  private readonly sessionCap: SessionConnectionCap;
+  private readonly admissions: Admissions;
+  private readonly log: Logger;
+  private refusalLogWindow = 0;
+  private refusalLogsInWindow = 0;
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(
+    private readonly o: TcpRelayOptions,
+    private readonly s: TcpRelaySettings,
+    private readonly limits: RelayLimits,
+  ) {
+    this.admissions = o.admissions;
+    this.log = o.log;
+    this.sessionCap = new SessionConnectionCap(o.maxConnectionsPerSession ?? 4, o.log);
+  }
+
+  /** The bound ports, in the order of `listen` (fixed once `listen()` succeeded). */
+  ports: readonly number[] = [];
+
+  connectionsOf(sessionLogId: string): number {
+    return this.bySession.get(sessionLogId)?.size ?? 0;
+  }
+
+  /** Bun's handlers for accepted (client) sockets: thin adapters onto the relay's steps. */
+  readonly clientHandlers: SocketHandler<TcpConnection> = {
+    open: (client) => this.accept(client),
+    data: (client, chunk) => this.clientData(client.data, chunk),
+    drain: (client) => client.data.drained("down"),
+    end: (client) => this.onFin(client.data, "client"),
+    close: (client, error) => {
+      if (client.data) this.onClose(client.data, "client", error);
+    },
+    error: (client, error) => {
+      client.data?.log?.debug({ err: errorText(error) }, "sg client socket error");
+    },
+  };
+
+  /** Bun's handlers for sockets toward agents; events of a socket that is not (or no longer) the connection's agent are ignored. */
+  readonly agentHandlers: SocketHandler<TcpConnection> = {
+    open: (agent) => this.agentOpened(agent.data, agent),
+    data: (agent, chunk) => {
+      const conn = agent.data;
+      if (conn.agent === agent) conn.forward("down", chunk, this.counters);
+    },
+    drain: (agent) => {
+      if (agent.data.agent === agent) agent.data.drained("up");
+    },
+    end: (agent) => {
+      if (agent.data.agent === agent) this.onFin(agent.data, "agent");
+    },
+    close: (agent, error) => {
+      if (agent.data.agent === agent) this.onClose(agent.data, "agent", error);
+    },
+    error: (agent, error) => {
+      agent.data.log?.debug({ err: errorText(error) }, "sg agent socket error");
+    },
+    connectError: (agent, error) => {
+      if (agent.data.phase === "dialing") this.agentFailed(agent.data, errorText(error));
+    },
+  };
+
+  /** Binds every listen address; on the first failure the ones already bound are closed. */
+  listen(): StartFailure | undefined {
+    for (const addr of this.o.listen) {
+      const hostname = addr.hostname.replace(/^\[(.*)\]$/, "$1");
+      try {
+        this.listeners.push(
+          Bun.listen<TcpConnection>({
+            hostname,
+            port: addr.port,
+            allowHalfOpen: true,
+            socket: this.clientHandlers,
+          }),
+        );
+      } catch (e) {
+        for (const l of this.listeners) l.stop(true);
+        return listenFailure("tcp", addr, e);
+      }
     }
-    if (++refusalLogsInWindow > 5) return;
-    (conn.log ?? log).info(
-      { audit: true, event: "sg_deny", client: `${conn.clientIp}:${conn.clientPort}`, reason, ...extra },
-      "sg tcp connection refused",
-    );
+    this.ports = this.listeners.map((l) => l.port);
+    return undefined;
   }
 
-  function refuse(conn: Conn, reason: TcpRefusal, extra?: Record<string, unknown>): void {
-    counters.refused[reason]++;
-    logRefusal(conn, reason, extra);
-    conn.closedBy = reason;
-    conn.client.terminate();
+  /** A revoked (or replaced) session loses its connections at once; an expired or closed one has none. */
+  subscribe(): void {
+    this.unsubscribe = this.admissions.subscribe((e: AdmissionEvent) => {
+      const set = this.bySession.get(e.admission.sessionLogId);
+      if (!set) return;
+      for (const conn of set) {
+        conn.closedBy = `session_${e.reason}`;
+        conn.terminateBoth();
+      }
+    });
   }
 
-  function onHelloBytes(conn: Conn, chunk: Uint8Array): void {
-    appendHello(conn, chunk, maxHelloBytes);
+  /** Step 1, accept: take a descriptor and start the ClientHello deadline. */
+  private accept(client: Socket<TcpConnection>): void {
+    this.counters.accepted++;
+    const conn = new TcpConnection(client, canonicalIp(client.remoteAddress));
+    client.data = conn;
+    this.conns.add(conn);
+    if (!this.limits.tryTake(1)) {
+      this.refuse(conn, "relay_limit");
+      return;
+    }
+    conn.fds = 1;
+    client.setNoDelay(true);
+    client.setKeepAlive(true, this.s.keepAliveSeconds * 1000);
+    conn.timer = setTimeout(() => {
+      conn.timer = undefined;
+      if (conn.phase === "hello") this.refuse(conn, "hello_timeout", { bytes: conn.helloLen });
+    }, this.s.handshakeTimeoutMs);
+  }
+
+  private clientData(conn: TcpConnection, chunk: Uint8Array): void {
+    if (conn.phase === "relaying") conn.forward("up", chunk, this.counters);
+    else if (conn.phase === "hello") this.helloBytes(conn, chunk);
+    else if (conn.phase === "dialing") conn.appendHello(chunk, this.s.maxHelloBytes); // read before pause() took effect
+  }
+
+  /** Step 2, hello peek: parse once enough bytes are in (client-hello.ts resumes its walk), then match. */
+  private helloBytes(conn: TcpConnection, chunk: Uint8Array): void {
+    conn.appendHello(chunk, this.s.maxHelloBytes);
     if (conn.phase !== "hello" || conn.helloLen < conn.helloWant) return;
-    const r = parseClientHello(conn.hello.subarray(0, conn.helloLen), maxHelloBytes, conn.helloWalk);
+    const r = parseClientHello(conn.hello.subarray(0, conn.helloLen), this.s.maxHelloBytes, conn.helloWalk);
     if (r.kind === "need") {
       conn.helloWant = conn.helloLen + r.need;
       return;
     }
-    clearTimeout(conn.timer);
-    conn.timer = undefined;
+    conn.clearTimer();
     if (r.kind === "invalid") {
       const reason: TcpRefusal =
         r.invalid === "too_large" ? "hello_too_large" : r.invalid === "not_tls" ? "not_tls" : "bad_hello";
-      refuse(conn, reason, { detail: r.invalid });
+      this.refuse(conn, reason, { detail: r.invalid });
       return;
     }
-    const m = admissions.matchTcp(conn.clientIp, r.sni);
-    if (!m.ok) {
-      refuse(conn, m.reason, { sni: r.sni ?? null });
-      return;
-    }
-    dial(conn, m.admission, r.sni);
+    this.match(conn, r.sni);
   }
 
-  function dial(conn: Conn, session: Admission, sni: string | undefined): void {
-    const held = bySession.get(session.sessionLogId)?.size ?? 0;
-    if (!sessionCap.allows(held)) {
-      counters.refused.session_connection_limit++;
-      sessionCap.noteRefusal(session.sessionLogId, `${conn.clientIp}:${conn.clientPort}`, held);
-      conn.closedBy = "session_connection_limit";
-      conn.client.terminate();
+  /** Step 3, admission match: by (client IP, SNI) only (admissions.ts matchTcp). */
+  private match(conn: TcpConnection, sni: string | undefined): void {
+    const m = this.admissions.matchTcp(conn.clientIp, sni);
+    if (!m.ok) {
+      this.refuse(conn, m.reason, { sni: sni ?? null });
       return;
     }
-    if (!limits.tryTake(1)) {
-      refuse(conn, "relay_limit");
+    if (!this.withinSessionCap(conn, m.admission)) return;
+    this.dial(conn, m.admission, sni);
+  }
+
+  /** Step 4, per-session cap (`sg.maxConnectionsPerSession`): refused connections are counted, logged by the cap. */
+  private withinSessionCap(conn: TcpConnection, session: Admission): boolean {
+    const held = this.connectionsOf(session.sessionLogId);
+    if (this.sessionCap.allows(held)) return true;
+    this.counters.refused.session_connection_limit++;
+    this.sessionCap.noteRefusal(session.sessionLogId, conn.clientText, held);
+    conn.closedBy = "session_connection_limit";
+    conn.client.terminate();
+    return false;
+  }
+
+  /** Step 5, dial the agent: claim the admission, pause the client, connect within connectTimeoutMs. */
+  private dial(conn: TcpConnection, session: Admission, sni: string | undefined): void {
+    if (!this.limits.tryTake(1)) {
+      this.refuse(conn, "relay_limit");
       return;
     }
     conn.fds++;
     conn.phase = "dialing";
     conn.admission = session;
-    conn.log = sessionLogger(log, session.sessionLogId);
+    conn.log = sessionLogger(this.log, session.sessionLogId);
     // Claimed now, not when the agent answers, so a second connection cannot take the same pending admission.
-    admissions.attachTcp(session.sessionLogId);
-    const set = bySession.get(session.sessionLogId);
+    this.admissions.attachTcp(session.sessionLogId);
+    const set = this.bySession.get(session.sessionLogId);
     if (set) set.add(conn);
-    else bySession.set(session.sessionLogId, new Set([conn]));
+    else this.bySession.set(session.sessionLogId, new Set([conn]));
     conn.client.pause();
+    const connectTimeoutMs = this.s.connectTimeoutMs;
     conn.timer = setTimeout(() => {
       conn.timer = undefined;
-      if (conn.phase === "dialing") agentFailed(conn, `no answer within ${connectTimeoutMs} ms`);
+      if (conn.phase === "dialing") this.agentFailed(conn, `no answer within ${connectTimeoutMs} ms`);
     }, connectTimeoutMs);
     conn.log.debug(
       { sni: sni ?? null, agent: `${session.agentHost}:${session.agentTcpPort}` },
@@ -254,22 +339,22 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     );
     // The async wrapper turns a synchronous throw (a malformed host) into the same rejection as a refused dial.
     (async () =>
-      Bun.connect<Conn>({
+      Bun.connect<TcpConnection>({
         hostname: session.agentHost,
         port: session.agentTcpPort,
         allowHalfOpen: true,
         data: conn,
-        socket: agentHandlers,
+        socket: this.agentHandlers,
       }))().catch((e: unknown) => {
-      if (conn.phase === "dialing") agentFailed(conn, errorText(e));
+      if (conn.phase === "dialing") this.agentFailed(conn, errorText(e));
     });
   }
 
-  function agentFailed(conn: Conn, cause: string): void {
-    counters.refused.agent_unreachable++;
+  private agentFailed(conn: TcpConnection, cause: string): void {
+    this.counters.refused.agent_unreachable++;
     conn.log?.warn(
       {
-        client: `${conn.clientIp}:${conn.clientPort}`,
+        client: conn.clientText,
         agent: `${conn.admission?.agentHost}:${conn.admission?.agentTcpPort}`,
         cause,
       },
@@ -281,54 +366,51 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
     conn.client.terminate();
   }
 
-  function agentOpened(conn: Conn, agent: Socket<Conn>): void {
+  /** Step 6, relay: the agent answered; replay the hello and let the pump (TcpConnection) run. */
+  private agentOpened(conn: TcpConnection, agent: Socket<TcpConnection>): void {
     if (conn.phase !== "dialing") {
       agent.terminate(); // the client went away or the dial timed out while connecting
       return;
     }
-    clearTimeout(conn.timer);
-    conn.timer = undefined;
+    conn.clearTimer();
     conn.agent = agent;
     conn.phase = "relaying";
     agent.setNoDelay(true);
-    agent.setKeepAlive(true, keepAliveSeconds * 1000);
-    counters.relayed++;
-    counters.active++;
+    agent.setKeepAlive(true, this.s.keepAliveSeconds * 1000);
+    this.counters.relayed++;
+    this.counters.active++;
     const s = conn.admission!;
-    const current = admissions.get(s.sessionLogId);
-    options.journal?.reached(s.sessionLogId, "sg-tcp");
+    const current = this.admissions.get(s.sessionLogId);
+    this.o.journal?.reached(s.sessionLogId, "sg-tcp");
     conn.log?.info(
       {
         audit: true,
         event: "sg_admit",
-        client: `${conn.clientIp}:${conn.clientPort}`,
+        client: conn.clientText,
         agent: `${s.agentHost}:${s.agentTcpPort}`,
         agentSessionId: s.agentSessionId,
         reconnect: (current?.tcpConnects ?? 1) > 1,
       },
       "sg tcp relay open",
     );
-    const hello = conn.hello.subarray(0, conn.helloLen);
-    conn.hello = NO_BYTES;
-    conn.helloLen = 0;
-    forward(conn, "up", hello, counters);
+    conn.forward("up", conn.takeHello(), this.counters);
     if (conn.toAgent === undefined) conn.client.resume();
   }
 
-  function onFin(conn: Conn, side: "client" | "agent"): void {
+  /** Step 7, half-close: a FIN while relaying is passed on; before that it ends the connection. */
+  private onFin(conn: TcpConnection, side: "client" | "agent"): void {
     if (side === "client") conn.clientFin = true;
     else conn.agentFin = true;
     if (conn.phase !== "relaying") {
       conn.closedBy ||= `${side}_fin_before_relay`;
       conn.phase = "closed";
-      conn.client.terminate();
-      conn.agent?.terminate();
+      conn.terminateBoth();
       return;
     }
-    passFin(conn, side === "client" ? "up" : "down");
+    conn.passFin(side === "client" ? "up" : "down");
   }
 
-  function onClose(conn: Conn, side: "client" | "agent", error: Error | undefined): void {
+  private onClose(conn: TcpConnection, side: "client" | "agent", error: Error | undefined): void {
     if (side === "client") conn.clientClosed = true;
     else conn.agentClosed = true;
     conn.closedBy ||= error ? `${side}_error` : side;
@@ -337,180 +419,94 @@ export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResu
         // An abrupt end on one side is passed on abruptly: the peer must not mistake it for a clean close.
         (side === "client" ? conn.agent : conn.client)?.terminate();
       } else {
-        passFin(conn, side === "client" ? "up" : "down");
+        conn.passFin(side === "client" ? "up" : "down");
       }
     } else {
       conn.phase = "closed";
       if (side === "client") conn.agent?.terminate();
       else conn.client.terminate();
     }
-    if (conn.clientClosed && (conn.agentClosed || conn.agent === undefined)) finish(conn);
+    if (conn.clientClosed && (conn.agentClosed || conn.agent === undefined)) this.finish(conn);
   }
 
-  function finish(conn: Conn): void {
-    if (!conns.delete(conn)) return;
+  /** Step 8, close: both sockets are gone; give back descriptors and the admission, account for the bytes. */
+  private finish(conn: TcpConnection): void {
+    if (!this.conns.delete(conn)) return;
     clearTimeout(conn.timer);
-    limits.give(conn.fds);
+    this.limits.give(conn.fds);
     const wasRelaying = conn.agent !== undefined;
     conn.phase = "closed";
     if (conn.admission) {
-      admissions.detachTcp(conn.admission.sessionLogId);
-      const set = bySession.get(conn.admission.sessionLogId);
+      this.admissions.detachTcp(conn.admission.sessionLogId);
+      const set = this.bySession.get(conn.admission.sessionLogId);
       set?.delete(conn);
-      if (set && set.size === 0) bySession.delete(conn.admission.sessionLogId);
+      if (set && set.size === 0) this.bySession.delete(conn.admission.sessionLogId);
     }
-    if (wasRelaying) {
-      counters.active--;
-      if (conn.admission)
-        options.journal?.traffic(conn.admission.sessionLogId, {
-          bytesFromClient: conn.bytesUp,
-          bytesToClient: conn.bytesDown,
-        });
-      conn.log?.info(
-        {
-          client: `${conn.clientIp}:${conn.clientPort}`,
-          bytesUp: conn.bytesUp,
-          bytesDown: conn.bytesDown,
-          durationMs: Date.now() - conn.openedAt,
-          closedBy: conn.closedBy,
-        },
-        "sg tcp relay closed",
-      );
-    }
-  }
-
-  const clientHandlers = {
-    open(client: Socket<Conn>) {
-      counters.accepted++;
-      const conn: Conn = {
-        client,
-        clientIp: canonicalIp(client.remoteAddress),
-        clientPort: client.remotePort,
-        openedAt: Date.now(),
-        agent: undefined,
-        phase: "hello",
-        hello: NO_BYTES,
-        helloLen: 0,
-        helloWant: 1,
-        helloWalk: newHelloWalk(),
-        timer: undefined,
-        admission: undefined,
-        log: undefined,
-        fds: 0,
-        toAgent: undefined,
-        toClient: undefined,
-        clientFin: false,
-        agentFin: false,
-        clientClosed: false,
-        agentClosed: false,
-        bytesUp: 0,
-        bytesDown: 0,
-        closedBy: "",
-      };
-      client.data = conn;
-      conns.add(conn);
-      if (!limits.tryTake(1)) {
-        refuse(conn, "relay_limit");
-        return;
-      }
-      conn.fds = 1;
-      client.setNoDelay(true);
-      client.setKeepAlive(true, keepAliveSeconds * 1000);
-      conn.timer = setTimeout(() => {
-        conn.timer = undefined;
-        if (conn.phase === "hello") refuse(conn, "hello_timeout", { bytes: conn.helloLen });
-      }, handshakeTimeoutMs);
-    },
-    data(client: Socket<Conn>, chunk: Uint8Array) {
-      const conn = client.data;
-      if (conn.phase === "relaying") forward(conn, "up", chunk, counters);
-      else if (conn.phase === "hello") onHelloBytes(conn, chunk);
-      else if (conn.phase === "dialing") appendHello(conn, chunk, maxHelloBytes); // read before pause() took effect
-    },
-    drain(client: Socket<Conn>) {
-      drained(client.data, "down");
-    },
-    end(client: Socket<Conn>) {
-      onFin(client.data, "client");
-    },
-    close(client: Socket<Conn>, error?: Error) {
-      if (client.data) onClose(client.data, "client", error);
-    },
-    error(client: Socket<Conn>, error: Error) {
-      client.data?.log?.debug({ err: errorText(error) }, "sg client socket error");
-    },
-  };
-
-  const agentHandlers = {
-    open(agent: Socket<Conn>) {
-      agentOpened(agent.data, agent);
-    },
-    data(agent: Socket<Conn>, chunk: Uint8Array) {
-      const conn = agent.data;
-      if (conn.agent === agent) forward(conn, "down", chunk, counters);
-    },
-    drain(agent: Socket<Conn>) {
-      if (agent.data.agent === agent) drained(agent.data, "up");
-    },
-    end(agent: Socket<Conn>) {
-      if (agent.data.agent === agent) onFin(agent.data, "agent");
-    },
-    close(agent: Socket<Conn>, error?: Error) {
-      if (agent.data.agent === agent) onClose(agent.data, "agent", error);
-    },
-    error(agent: Socket<Conn>, error: Error) {
-      agent.data.log?.debug({ err: errorText(error) }, "sg agent socket error");
-    },
-    connectError(agent: Socket<Conn>, error: Error) {
-      if (agent.data.phase === "dialing") agentFailed(agent.data, errorText(error));
-    },
-  };
-
-  const listeners: TCPSocketListener<Conn>[] = [];
-  for (const addr of options.listen) {
-    const hostname = addr.hostname.replace(/^\[(.*)\]$/, "$1");
-    try {
-      listeners.push(
-        Bun.listen<Conn>({ hostname, port: addr.port, allowHalfOpen: true, socket: clientHandlers }),
-      );
-    } catch (e) {
-      for (const l of listeners) l.stop(true);
-      return { ok: false, error: listenFailure("tcp", addr, e) };
-    }
-  }
-
-  const unsubscribe = admissions.subscribe((e: AdmissionEvent) => {
-    // A revoked (or replaced) session loses its connections at once; an expired or closed one has none.
-    const set = bySession.get(e.admission.sessionLogId);
-    if (!set) return;
-    for (const conn of set) {
-      conn.closedBy = `session_${e.reason}`;
-      conn.client.terminate();
-      conn.agent?.terminate();
-    }
-  });
-
-  log.info({ listen: listeners.map((l) => `${l.hostname}:${l.port}`) }, "sg tcp relay listening");
-
-  return {
-    ok: true,
-    relay: {
-      ports: listeners.map((l) => l.port),
-      counters,
-      connectionsOf: (id) => bySession.get(id)?.size ?? 0,
-      async stop() {
-        unsubscribe();
-        for (const l of listeners) l.stop(true);
-        for (const conn of [...conns]) {
-          conn.closedBy ||= "stopped";
-          conn.client.terminate();
-          conn.agent?.terminate();
-        }
-        // Close handlers run on the next ticks; give them a moment so counters and logs settle.
-        for (let i = 0; i < 20 && conns.size > 0; i++) await Bun.sleep(5);
+    if (!wasRelaying) return;
+    this.counters.active--;
+    if (conn.admission)
+      this.o.journal?.traffic(conn.admission.sessionLogId, {
+        bytesFromClient: conn.bytesUp,
+        bytesToClient: conn.bytesDown,
+      });
+    conn.log?.info(
+      {
+        client: conn.clientText,
+        bytesUp: conn.bytesUp,
+        bytesDown: conn.bytesDown,
+        durationMs: Date.now() - conn.openedAt,
+        closedBy: conn.closedBy,
       },
-    },
-  };
+      "sg tcp relay closed",
+    );
+  }
+
+  private refuse(conn: TcpConnection, reason: TcpRefusal, extra?: Record<string, unknown>): void {
+    this.counters.refused[reason]++;
+    this.logRefusal(conn, reason, extra);
+    conn.closedBy = reason;
+    conn.client.terminate();
+  }
+
+  /** Refusals come from the internet (scanners, floods): log at most a few per second, count all of them. */
+  private logRefusal(conn: TcpConnection, reason: TcpRefusal, extra?: Record<string, unknown>): void {
+    const t = Date.now();
+    if (t - this.refusalLogWindow >= 1000) {
+      this.refusalLogWindow = t;
+      this.refusalLogsInWindow = 0;
+    }
+    if (++this.refusalLogsInWindow > 5) return;
+    (conn.log ?? this.log).info(
+      { audit: true, event: "sg_deny", client: conn.clientText, reason, ...extra },
+      "sg tcp connection refused",
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe?.();
+    for (const l of this.listeners) l.stop(true);
+    for (const conn of [...this.conns]) {
+      conn.closedBy ||= "stopped";
+      conn.terminateBoth();
+    }
+    // Close handlers run on the next ticks; give them a moment so counters and logs settle.
+    for (let i = 0; i < 20 && this.conns.size > 0; i++) await Bun.sleep(5);
+  }
+}
+
+/**
+ * @example
+ * const r = await startTcpRelay({ listen: [{ hostname: "0.0.0.0", port: 4172 }], admissions, log });
+ * if (!r.ok) fail(`${r.error.what}: ${r.error.cause} (${r.error.fix})`);
+ */
+export async function startTcpRelay(options: TcpRelayOptions): Promise<StartResult<TcpRelay>> {
+  const { log } = options;
+  const relay = new TcpRelayImpl(options, settingsOf(options), options.limits ?? createRelayLimits({ log }));
+  const failure = relay.listen();
+  if (failure) return { ok: false, error: failure };
+  relay.subscribe();
+  log.info({ listen: relay.listeners.map((l) => `${l.hostname}:${l.port}`) }, "sg tcp relay listening");
+  return { ok: true, relay };
 }
 
 /**
@@ -554,93 +550,6 @@ export class SessionConnectionCap {
     this.windowStart = t;
     this.suppressed = 0;
   }
-}
-
-// The byte pump of a relaying connection (both directions, backpressure, half-close): state lives on Conn.
-
-/** Writes a chunk toward one side; what the socket does not take waits, and the source pauses (backpressure). */
-function forward(conn: Conn, dir: "up" | "down", chunk: Uint8Array, counters: TcpRelayCounters): void {
-  if (chunk.length === 0) return;
-  const to = dir === "up" ? conn.agent : conn.client;
-  const from = dir === "up" ? conn.client : conn.agent;
-  if (dir === "up") counters.bytesToAgent += chunk.length;
-  else counters.bytesToClient += chunk.length;
-  if (dir === "up") conn.bytesUp += chunk.length;
-  else conn.bytesDown += chunk.length;
-  const waiting = dir === "up" ? conn.toAgent : conn.toClient;
-  if (!to) return;
-  if (waiting !== undefined) {
-    // Bun may deliver data already read after pause(); keep it behind what is waiting.
-    setWaiting(conn, dir, concat(waiting, chunk));
-    from?.pause();
-    return;
-  }
-  const n = to.write(chunk);
-  if (n === chunk.length) return;
-  if (n < 0) {
-    setWaiting(conn, dir, chunk); // the socket is closing; its close handler decides what happens
-    return;
-  }
-  setWaiting(conn, dir, chunk.subarray(n));
-  counters.pauses++;
-  from?.pause();
-}
-
-function setWaiting(conn: Conn, dir: "up" | "down", bytes: Uint8Array | undefined): void {
-  if (dir === "up") conn.toAgent = bytes;
-  else conn.toClient = bytes;
-}
-
-/** The socket toward `dir` can take more: flush what waits, then resume the source or pass on a FIN. */
-function drained(conn: Conn, dir: "up" | "down"): void {
-  const to = dir === "up" ? conn.agent : conn.client;
-  const from = dir === "up" ? conn.client : conn.agent;
-  const waiting = dir === "up" ? conn.toAgent : conn.toClient;
-  if (!to || waiting === undefined) return;
-  const n = to.write(waiting);
-  if (n >= 0 && n < waiting.length) {
-    setWaiting(conn, dir, waiting.subarray(n));
-    return;
-  }
-  setWaiting(conn, dir, undefined);
-  const sourceFinished =
-    dir === "up" ? conn.clientFin || conn.clientClosed : conn.agentFin || conn.agentClosed;
-  if (sourceFinished) passFin(conn, dir);
-  else if (conn.phase === "relaying") from?.resume();
-}
-
-/** The source of `dir` sent FIN (or closed): once nothing waits, shut down writing toward the other side. */
-function passFin(conn: Conn, dir: "up" | "down"): void {
-  if ((dir === "up" ? conn.toAgent : conn.toClient) !== undefined) return; // drained() calls again
-  const to = dir === "up" ? conn.agent : conn.client;
-  const toClosed = dir === "up" ? conn.agentClosed : conn.clientClosed;
-  if (!to || toClosed) return;
-  const sourceClosed = dir === "up" ? conn.clientClosed : conn.agentClosed;
-  // A source that closed entirely cannot read our answer either: close the other side, not just half of it.
-  if (sourceClosed) to.end();
-  else to.shutdown();
-}
-
-/** Appends ClientHello bytes; growth stops one chunk past the peek limit. */
-function appendHello(conn: Conn, chunk: Uint8Array, maxHelloBytes: number): void {
-  const needed = conn.helloLen + chunk.length;
-  if (needed > conn.hello.length) {
-    // Growth stops one chunk past the peek limit: the parser refuses anything longer anyway.
-    const grown = new Uint8Array(
-      Math.max(needed, Math.min(maxHelloBytes, Math.max(1024, conn.hello.length * 2))),
-    );
-    grown.set(conn.hello.subarray(0, conn.helloLen));
-    conn.hello = grown;
-  }
-  conn.hello.set(chunk, conn.helloLen);
-  conn.helloLen = needed;
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 export function errorText(e: unknown): string {
