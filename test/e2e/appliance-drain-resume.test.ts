@@ -2,14 +2,12 @@
 // on HTTPS and plain HTTP, GET /drain and the metrics say draining, a new allocation gets the "shutting down"
 // answer — while the live session's TCP relay and UDP flow keep carrying bytes; `pcoip-cmsg resume` undoes all
 // of it (health 200, a new login allocates); once SIGTERM has started the shutdown, resume is refused by name.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
 import {
-  type Closer,
   cmClient,
   cmGet,
-  endTest,
   keepFlowing,
   openControl,
   sample,
@@ -19,19 +17,12 @@ import {
   tcpRoundTrip,
   udpPeer,
 } from "../peers/appliance-session.ts";
-import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { applianceTest } from "../peers/appliance-test.ts";
+import { startFakeAgent } from "../peers/fake-agent.ts";
 import { runCommand } from "../peers/run-command.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
-let app: ApplianceProcess | undefined;
-let agent: FakeAgent | undefined;
-const closers: Closer[] = [];
-
-afterEach(async () => {
-  await endTest(closers, app, agent);
-  app = undefined;
-  agent = undefined;
-});
+const t = applianceTest();
 
 const cli = (verb: string, a: ApplianceProcess) =>
   // The test config listens on port 0, so the bound admin address is passed as an operator would with --admin.
@@ -41,18 +32,20 @@ const cli = (verb: string, a: ApplianceProcess) =>
 
 describe("drain and resume from the command line", () => {
   test("drain keeps live sessions, refuses new ones, answers 503; resume brings the node back", async () => {
-    agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({ agent, env: sgEnv() });
+    const agent = await startFakeAgent({ endpoint: true });
+    t.agent = agent;
+    const app = await startApplianceProcess({ agent, env: sgEnv() });
+    t.app = app;
     const a = app;
     const s = await signIn(a);
-    closers.push(() => s.client.close());
+    t.closers.push(() => s.client.close());
     const control = await openControl(a);
-    closers.push(() => control.close());
+    t.closers.push(() => control.close());
     const udp = await udpPeer(a);
-    closers.push(() => udp.close());
+    t.closers.push(() => udp.close());
     await udp.roundTrip("<udp-before>");
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
 
     const drained = await cli("drain", a);
     expect(drained.code).toBe(0);
@@ -70,7 +63,7 @@ describe("drain and resume from the command line", () => {
     expect(sample(m, "pcoip_node_ready")).toBe(0);
 
     const c = cmClient(a);
-    closers.push(() => c.close());
+    t.closers.push(() => c.close());
     await c.hello();
     const refused = await c.authenticate("alice", "correct horse");
     expect(refused.resultId).toBe("AUTH_FAILED_BROKER_ERROR");
@@ -87,22 +80,24 @@ describe("drain and resume from the command line", () => {
     expect((await fetch(`http://${a.redirect}/pcoip-broker/xml`)).status).toBe(200);
     expect(sample(await scrape(a), "pcoip_node_draining")).toBe(0);
     const again = await signIn(a);
-    closers.push(() => again.client.close());
+    t.closers.push(() => again.client.close());
     expect(again.alloc.resultId).toBe("ALLOC_SUCCESSFUL");
     await tcpRoundTrip(control, "<after-resume>");
   });
 
   test("after SIGTERM, resume is refused and says why; an unreachable admin listener is named", async () => {
-    agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({
+    const agent = await startFakeAgent({ endpoint: true });
+    t.agent = agent;
+    const app = await startApplianceProcess({
       agent,
       env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
     });
+    t.app = app;
     const a = app;
     const s = await signIn(a);
-    closers.push(() => s.client.close());
+    t.closers.push(() => s.client.close());
     const control = await openControl(a);
-    closers.push(() => control.close());
+    t.closers.push(() => control.close());
     a.signal("SIGTERM");
     await a.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("draining"), 5000);
     const r = await cli("resume", a);

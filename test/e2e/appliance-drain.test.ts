@@ -2,54 +2,13 @@
 // plain HTTP), /readyz says draining, a new sign-in and an allocation fail with "shutting down" and a log line
 // saying why — while the live session's TCP relay and UDP flow keep carrying bytes. The process exits 0 as soon as the last
 // session ends, or when drainSeconds runs out, cutting what is left.
-import { afterEach, describe, expect, test } from "bun:test";
-import type { ControlClient } from "../peers/agent-endpoint.ts";
+import { describe, expect, test } from "bun:test";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
-import {
-  type Closer,
-  cmClient,
-  cmGet,
-  endTest,
-  keepFlowing,
-  openControl,
-  sgEnv,
-  signIn,
-  tcpRoundTrip,
-  type UdpPeer,
-  udpPeer,
-  until,
-} from "../peers/appliance-session.ts";
-import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { cmClient, cmGet, keepFlowing, sgEnv, tcpRoundTrip, until } from "../peers/appliance-session.ts";
+import { applianceTest } from "../peers/appliance-test.ts";
+import { startFakeAgent } from "../peers/fake-agent.ts";
 
-let app: ApplianceProcess | undefined;
-let agent: FakeAgent | undefined;
-const closers: Closer[] = [];
-
-afterEach(async () => {
-  await endTest(closers, app, agent);
-  app = undefined;
-  agent = undefined;
-});
-
-async function withLiveSession(env: Record<string, string>): Promise<{
-  app: ApplianceProcess;
-  agent: FakeAgent;
-  control: ControlClient;
-  udp: UdpPeer;
-  sessionId: string;
-}> {
-  agent = await startFakeAgent({ endpoint: true });
-  app = await startApplianceProcess({ agent, env: { ...sgEnv(), ...env } });
-  const s = await signIn(app);
-  closers.push(() => s.client.close());
-  const control = await openControl(app);
-  closers.push(() => control.close());
-  await tcpRoundTrip(control, "<before>");
-  const udp = await udpPeer(app);
-  closers.push(() => udp.close());
-  await udp.roundTrip("<udp-before>");
-  return { app, agent, control, udp, sessionId: s.sessionId };
-}
+const t = applianceTest();
 
 const exitWithin = (a: ApplianceProcess, ms: number) =>
   Promise.race([a.exited, Bun.sleep(ms).then(() => "still running" as const)]);
@@ -57,20 +16,20 @@ const exitWithin = (a: ApplianceProcess, ms: number) =>
 describe("SIGTERM with a live session", () => {
   test("no new sessions, the live one keeps flowing, exit 0 as soon as it ends", async () => {
     // drainSeconds far beyond the test, and no reconnect grace: only the session's end can let the process go.
-    const { app, control, udp, sessionId } = await withLiveSession({
+    const { app, control, udp, sessionId } = await t.liveSession({
       PCOIP_CMSG_DRAINSECONDS: "600",
       PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0",
     });
     expect((await cmGet(app, "/pcoip-broker/xml")).status).toBe(200);
     const early = cmClient(app);
-    closers.push(() => early.close());
+    t.closers.push(() => early.close());
     await early.hello();
     expect((await early.authenticate("alice", "correct horse")).resultId).toBe(
       "AUTH_SUCCESSFUL_AND_COMPLETE",
     );
     expect((await early.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
 
     app.signal("SIGTERM");
     await app.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("draining"), 5000);
@@ -91,7 +50,7 @@ describe("SIGTERM with a live session", () => {
     expect(alloc.resultStr).toContain("shutting down");
     expect(alloc.body).not.toContain("<connect-tag>");
     const c = cmClient(app);
-    closers.push(() => c.close());
+    t.closers.push(() => c.close());
     expect((await c.hello()).operation).toBe("hello-resp");
     const auth = await c.authenticate("alice", "correct horse");
     expect(auth.resultId).toBe("AUTH_FAILED_BROKER_ERROR");
@@ -117,9 +76,9 @@ describe("SIGTERM with a live session", () => {
   });
 
   test("drainSeconds bounds the drain: a session that never ends is cut, and the process exits 0", async () => {
-    const { app, control, udp } = await withLiveSession({ PCOIP_CMSG_DRAINSECONDS: "2" });
+    const { app, control, udp } = await t.liveSession({ PCOIP_CMSG_DRAINSECONDS: "2" });
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
     const t0 = Date.now();
     app.signal("SIGTERM");
     await app.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("draining"), 5000);
@@ -145,11 +104,13 @@ describe("SIGTERM with a live session", () => {
   // Also a start-up race: the signal comes right after the listener lines, as a `systemctl stop` right after
   // READY=1 would. The handlers must already be in place (SIGTERM's default action would exit 143, undrained).
   test("SIGTERM right after start-up, nothing live: drained at once, exit 0", async () => {
-    agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({
+    const agent = await startFakeAgent({ endpoint: true });
+    t.agent = agent;
+    const app = await startApplianceProcess({
       agent,
       env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
     });
+    t.app = app;
     const t0 = Date.now();
     app.signal("SIGTERM");
     expect(await exitWithin(app, 10_000)).toBe(0);
@@ -158,7 +119,8 @@ describe("SIGTERM with a live session", () => {
   });
 
   test("SIGINT (Ctrl-C in a foreground run) drains the same way and exits 0", async () => {
-    app = await startApplianceProcess({ env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" } });
+    const app = await startApplianceProcess({ env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" } });
+    t.app = app;
     app.signal("SIGINT");
     expect(await exitWithin(app, 10_000)).toBe(0);
     const drained = app.logs.find((l) => l.msg === "drained: no live sessions");

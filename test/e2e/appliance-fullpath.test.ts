@@ -4,15 +4,13 @@
 // SG lines: login and allocation audit lines, sg_admit when the SG binds the control connection, session_end with
 // duration and bytes, and one verdict line. A refused control connection gives sg_deny with its reason; a failed
 // launch gives a verdict naming the stage.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
 import { STAGES as JOURNAL_STAGES } from "../../src/observability/session-journal.ts";
 import { connectControl } from "../peers/agent-endpoint.ts";
 import { type ApplianceProcess, type LogLine, startApplianceProcess } from "../peers/appliance-process.ts";
 import {
-  type Closer,
   cmClient,
-  endTest,
   hostPort,
   linesOf,
   moved,
@@ -24,6 +22,7 @@ import {
   udpPeer,
   until,
 } from "../peers/appliance-session.ts";
+import { applianceTest } from "../peers/appliance-test.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
 import { pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
@@ -32,23 +31,17 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** What a verdict line may name: the journal's stages, or "done" once media flowed both ways. */
 const STAGES: readonly string[] = [...JOURNAL_STAGES, "done"];
 
-let app: ApplianceProcess | undefined;
-let agent: FakeAgent | undefined;
-const closers: Closer[] = [];
-
-afterEach(async () => {
-  await endTest(closers, app, agent);
-  app = undefined;
-  agent = undefined;
-});
+const t = applianceTest();
 
 async function start(env: Record<string, string> = {}): Promise<{ app: ApplianceProcess; agent: FakeAgent }> {
-  agent = await startFakeAgent({ endpoint: true });
+  const agent = await startFakeAgent({ endpoint: true });
+  t.agent = agent;
   // No reconnect grace: the session ends (and its end is logged) as soon as its control connection closes.
-  app = await startApplianceProcess({
+  const app = await startApplianceProcess({
     agent,
     env: { PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0", ...sgEnv(), ...env },
   });
+  t.app = app;
   return { app, agent };
 }
 
@@ -60,7 +53,7 @@ describe("a scripted session through the appliance process", () => {
 
     // A failed login on its own pre-session (one failure: no throttle delay).
     const wrong = cmClient(app);
-    closers.push(() => wrong.close());
+    t.closers.push(() => wrong.close());
     expect((await wrong.hello()).operation).toBe("hello-resp");
     const failed = await wrong.authenticate("alice", "not the password");
     expect(failed.resultId).toMatch(/^AUTH_FAILED/);
@@ -69,7 +62,7 @@ describe("a scripted session through the appliance process", () => {
     // (and so session_end's durationMs) starts at its hello, so the wall clock starts here too.
     const startedAt = Date.now();
     const c = cmClient(app);
-    closers.push(() => c.close());
+    t.closers.push(() => c.close());
     expect((await c.hello()).operation).toBe("hello-resp");
     expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
     expect((await c.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
@@ -92,7 +85,7 @@ describe("a scripted session through the appliance process", () => {
 
     // Control connection: TLS end to end with the agent (its certificate, not the SG's), 64 KiB each way.
     const control = await openControl(app);
-    closers.push(() => control.close());
+    t.closers.push(() => control.close());
     expect(control.peerCert.fingerprint256).toBe(
       new X509Certificate(testPki().leaf(["localhost", "127.0.0.1", "::1", "desktop-1.test"]).cert)
         .fingerprint256,
@@ -104,7 +97,7 @@ describe("a scripted session through the appliance process", () => {
 
     // UDP: 10 datagrams of 100 bytes, each echoed by the agent back through the SG's 4172 listener.
     const udp = await udpPeer(app);
-    closers.push(() => udp.close());
+    t.closers.push(() => udp.close());
     await udp.roundTrip(`${"u".repeat(92)}-first-0`); // binds the flow (resent until echoed)
     const sentFirst = udp.replies.length; // echoes of the binding datagram (1 unless it was resent)
     for (let i = 1; i < 10; i++) udp.send(`${"u".repeat(92)}-dgram-${i}`);
@@ -211,7 +204,7 @@ describe("a scripted session through the appliance process", () => {
   test("a control connection for another desktop is refused: sg_deny with the reason, denial counter +1", async () => {
     const { app, agent } = await start();
     const s = await signIn(app);
-    closers.push(() => s.client.close());
+    t.closers.push(() => s.client.close());
     const before = await scrape(app);
     const acceptedBefore = agent.endpoint?.accepted.length ?? 0;
 
@@ -233,7 +226,7 @@ describe("a scripted session through the appliance process", () => {
     // The admission is untouched: the right connection still gets through.
     expect(sample(after, "pcoip_sg_sessions", { state: "pending" })).toBe(1);
     const control = await openControl(app);
-    closers.push(() => control.close());
+    t.closers.push(() => control.close());
     control.write("after-deny");
     await control.waitFor("after-deny");
     await app.waitForLog((l) => l.event === "sg_admit" && l.sessionId === s.sessionId, 5000);
@@ -244,7 +237,7 @@ describe("a scripted session through the appliance process", () => {
     await agent.setMode("user_auth");
     const mark = app.logs.length;
     const c = cmClient(app);
-    closers.push(() => c.close());
+    t.closers.push(() => c.close());
     expect((await c.hello()).operation).toBe("hello-resp");
     expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
     expect((await c.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
@@ -266,7 +259,7 @@ describe("a session that allocates twice", () => {
   test("the second allocation replaces the first admission; the session still ends with one session_end line", async () => {
     const { app } = await start();
     const c = cmClient(app);
-    closers.push(() => c.close());
+    t.closers.push(() => c.close());
     await c.hello();
     expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
     await c.getResourceList();
@@ -300,8 +293,9 @@ describe("a session that allocates twice", () => {
 
 describe("client address families (enableIpv6)", () => {
   test("a ::1 client is sent to the IPv6 externalPcoipIp and a 127.0.0.1 client to the IPv4 one", async () => {
-    agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({
+    const agent = await startFakeAgent({ endpoint: true });
+    t.agent = agent;
+    const app = await startApplianceProcess({
       agent,
       env: {
         ...sgEnv(),
@@ -310,6 +304,7 @@ describe("client address families (enableIpv6)", () => {
         PCOIP_CMSG_CM_LISTEN: "127.0.0.1:0,[::1]:0",
       },
     });
+    t.app = app;
     const cmV6 = await app.waitForLog((l) => l.listener === "cm" && String(l.address).startsWith("["));
     const v6 = /^\[(.*)\]:(\d+)$/.exec(String(cmV6.address))!;
     const targets: string[] = [];
@@ -318,7 +313,7 @@ describe("client address families (enableIpv6)", () => {
       [hostPort(app.cm).host, hostPort(app.cm).port, "127.0.0.1"],
     ] as const) {
       const c = pcoipClient({ host, port, ca: app.ca, servername: "localhost", localAddress });
-      closers.push(() => c.close());
+      t.closers.push(() => c.close());
       await c.hello();
       expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
       await c.getResourceList();

@@ -4,29 +4,14 @@
 // after SIGHUP. Every `_total` series only grows across three reloads with conversations that start before and
 // finish after each one, also once the retired generation has closed. One drain flag drives /readyz, the CM's
 // load-balancer GET and allocations, and the SG's admissions — and lowering it resumes all three.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { type ApplianceProcess, type LogLine, startApplianceProcess } from "../peers/appliance-process.ts";
-import {
-  type Closer,
-  cmClient,
-  endTest,
-  type Scrape,
-  scrape,
-  sgEnv,
-  signIn,
-} from "../peers/appliance-session.ts";
-import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { cmClient, type Scrape, scrape, sgEnv, signIn } from "../peers/appliance-session.ts";
+import { applianceTest } from "../peers/appliance-test.ts";
+import { startFakeAgent } from "../peers/fake-agent.ts";
 import { startInProcessAppliance } from "../peers/in-process-appliance.ts";
 
-let app: ApplianceProcess | undefined;
-let agent: FakeAgent | undefined;
-const closers: Closer[] = [];
-
-afterEach(async () => {
-  await endTest(closers, app, agent);
-  app = undefined;
-  agent = undefined;
-});
+const t = applianceTest();
 
 let reloads = 0;
 /** Changes cm.agentTimeoutSeconds (so the CM generation is rebuilt) and waits for "configuration reloaded". */
@@ -55,12 +40,13 @@ const delays = (a: ApplianceProcess, from: number) =>
 
 describe("what a reload keeps", () => {
   test("N failed logins, reload, one more failure: the throttle counts N+1", async () => {
-    app = await startApplianceProcess({
+    const app = await startApplianceProcess({
       env: sgEnv(),
       tables: "[cm.throttle]\nfailuresBeforeDelay = 2\n",
     });
+    t.app = app;
     const c = cmClient(app);
-    closers.push(() => c.close());
+    t.closers.push(() => c.close());
     expect((await c.hello()).operation).toBe("hello-resp");
     // N = 2 failures: the free ones.
     for (let i = 0; i < 2; i++)
@@ -70,7 +56,7 @@ describe("what a reload keeps", () => {
 
     // The new generation's conversation: failure N+1 waits the base delay (1 s)…
     const c2 = cmClient(app);
-    closers.push(() => c2.close());
+    t.closers.push(() => c2.close());
     expect((await c2.hello()).operation).toBe("hello-resp");
     let mark = app.logs.length;
     expect((await c2.authenticate("alice", "wrong")).resultId).toMatch(/^AUTH_FAILED_/);
@@ -82,33 +68,37 @@ describe("what a reload keeps", () => {
   });
 
   test("a desktop held by one user (collaboration off) stays held across a reload", async () => {
-    agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({
+    const agent = await startFakeAgent({ endpoint: true });
+    t.agent = agent;
+    const app = await startApplianceProcess({
       agent,
       users: { alice: "correct horse", bob: "battery staple" },
       topLevel: "enableCollaboration = false",
       env: sgEnv(),
     });
+    t.app = app;
     const alice = await signIn(app);
-    closers.push(() => alice.client.close());
+    t.closers.push(() => alice.client.close());
     await reload(app);
     const bob = cmClient(app);
-    closers.push(() => bob.close());
+    t.closers.push(() => bob.close());
     await bob.hello();
     expect((await bob.authenticate("bob", "battery staple")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
     expect((await bob.getResourceList()).resultId).toBe("LIST_SUCCESSFUL");
     expect((await bob.allocate("desktop-1")).resultId).toBe("ALLOC_FAILED_RESOURCE_IN_USE");
     // The holder herself may allocate again.
     const again = await signIn(app);
-    closers.push(() => again.client.close());
+    t.closers.push(() => again.client.close());
   });
 
   test("every _total series only grows across three reloads with conversations spanning them", async () => {
-    agent = await startFakeAgent({ endpoint: true });
-    app = await startApplianceProcess({
+    const agent = await startFakeAgent({ endpoint: true });
+    t.agent = agent;
+    const app = await startApplianceProcess({
       agent,
       env: sgEnv(),
     });
+    t.app = app;
     const a = app;
     const scrapes: { at: string; m: Scrape }[] = [];
     const take = async (at: string) => {
@@ -127,7 +117,7 @@ describe("what a reload keeps", () => {
     for (let round = 1; round <= 3; round++) {
       // A conversation that starts on this generation…
       const c = cmClient(a);
-      closers.push(() => c.close());
+      t.closers.push(() => c.close());
       await c.hello();
       expect((await c.authenticate("alice", "correct horse")).resultId).toBe("AUTH_SUCCESSFUL_AND_COMPLETE");
       await take(`round ${round}, before the reload`);
@@ -168,7 +158,7 @@ describe("one drain flag", () => {
       // A client signed in and listed before the flag moves (a draining node also refuses new sign-ins).
       const listed = async () => {
         const c = node.client();
-        closers.push(() => c.close());
+        t.closers.push(() => c.close());
         await c.hello();
         expect((await c.authenticate("alice", "correct horse")).resultId).toBe(
           "AUTH_SUCCESSFUL_AND_COMPLETE",

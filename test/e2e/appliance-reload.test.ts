@@ -3,61 +3,26 @@
 // across a certificate swap, after which new TLS connections to the CM see the new certificate. A configuration
 // that does not validate is refused with the reason logged and the old one kept; a change to a key the kernel
 // holds (sg.tcpListen) is refused whole with "needs restart: sg.tcpListen". Service goes on in every case.
-import { afterEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { ControlClient } from "../peers/agent-endpoint.ts";
-import { type ApplianceProcess, type LogLine, startApplianceProcess } from "../peers/appliance-process.ts";
+import type { ApplianceProcess, LogLine } from "../peers/appliance-process.ts";
 import {
-  type Closer,
   cmCertificateFingerprint,
   editedConfig,
-  endTest,
   hostPort,
   keepFlowing,
   openControl,
-  sgEnv,
   signIn,
   tcpRoundTrip,
-  type UdpPeer,
-  udpPeer,
 } from "../peers/appliance-session.ts";
-import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import { applianceTest } from "../peers/appliance-test.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const DEBUG = "debug";
 
-let app: ApplianceProcess | undefined;
-let agent: FakeAgent | undefined;
-const closers: Closer[] = [];
-
-afterEach(async () => {
-  await endTest(closers, app, agent);
-  app = undefined;
-  agent = undefined;
-});
-
-/** An appliance with one live session: a relayed control connection and a UDP flow, both proven to echo. */
-async function withLiveSession(): Promise<{
-  app: ApplianceProcess;
-  agent: FakeAgent;
-  control: ControlClient;
-  udp: UdpPeer;
-  sessionId: string;
-}> {
-  agent = await startFakeAgent({ endpoint: true });
-  app = await startApplianceProcess({ agent, env: sgEnv() });
-  const s = await signIn(app);
-  closers.push(() => s.client.close());
-  const control = await openControl(app);
-  closers.push(() => control.close());
-  await tcpRoundTrip(control, "<before>");
-  const udp = await udpPeer(app);
-  closers.push(() => udp.close());
-  await udp.roundTrip("<udp-before>");
-  return { app, agent, control, udp, sessionId: s.sessionId };
-}
+const t = applianceTest();
 
 /** Sends SIGHUP and resolves with the first line at or after `from` that `pred` accepts. */
 async function hup(a: ApplianceProcess, pred: (l: LogLine) => boolean): Promise<LogLine> {
@@ -71,10 +36,10 @@ const refused = (l: LogLine) => typeof l.msg === "string" && l.msg.startsWith("r
 
 describe("SIGHUP with live sessions", () => {
   test("logLevel info → debug: applied, and the relay and the UDP flow keep flowing", async () => {
-    const { app, control, udp } = await withLiveSession();
+    const { app, control, udp } = await t.liveSession();
     expect(app.logs.some((l) => l.level === DEBUG)).toBe(false);
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
     await Bun.sleep(150);
     app.rewriteConfig(await editedConfig(app, 'logLevel = "info"', 'logLevel = "debug"'));
     const line = await hup(app, reloaded);
@@ -89,9 +54,9 @@ describe("SIGHUP with live sessions", () => {
     // The new level is live: a new session's SG dial is logged at debug.
     const mark = app.logs.length;
     const s2 = await signIn(app);
-    closers.push(() => s2.client.close());
+    t.closers.push(() => s2.client.close());
     const c2 = await openControl(app);
-    closers.push(() => c2.close());
+    t.closers.push(() => c2.close());
     await tcpRoundTrip(c2, "<second>");
     await app.waitForLog((l) => app.logs.indexOf(l) >= mark && l.level === DEBUG, 5000);
     // And the first session was never cut.
@@ -99,7 +64,7 @@ describe("SIGHUP with live sessions", () => {
   });
 
   test("certificate swap: new TLS connections see the new certificate, the live relay keeps flowing", async () => {
-    const { app, control, udp } = await withLiveSession();
+    const { app, control, udp } = await t.liveSession();
     const oldLeaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "cm.test"]);
     const newLeaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "cm.test", "swapped.cm.test"]);
     const oldFp = new X509Certificate(oldLeaf.cert).fingerprint256;
@@ -108,7 +73,7 @@ describe("SIGHUP with live sessions", () => {
     expect(await cmCertificateFingerprint(app)).toBe(oldFp);
 
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
     await Bun.sleep(150);
     let text = await editedConfig(app, `cert = "${oldLeaf.certFile}"`, `cert = "${newLeaf.certFile}"`);
     text = text.replace(`key = "${oldLeaf.keyFile}"`, `key = "${newLeaf.keyFile}"`);
@@ -121,13 +86,13 @@ describe("SIGHUP with live sessions", () => {
 
     // A full sign-in on the new certificate works, and the old relay still echoes.
     const s2 = await signIn(app);
-    closers.push(() => s2.client.close());
+    t.closers.push(() => s2.client.close());
     await tcpRoundTrip(control, "<after-swap>");
     await udp.roundTrip("<udp-after-swap>");
   });
 
   test("a certificate renewed in place is served after SIGHUP; one that does not load is refused", async () => {
-    const { app, control, udp } = await withLiveSession();
+    const { app, control, udp } = await t.liveSession();
     const oldLeaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "cm.test"]);
     const newLeaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "cm.test", "renewed.cm.test"]);
     const otherLeaf = testPki().leaf(["localhost", "127.0.0.1", "::1", "cm.test", "other.cm.test"]);
@@ -142,7 +107,7 @@ describe("SIGHUP with live sessions", () => {
     expect(await cmCertificateFingerprint(app)).toBe(new X509Certificate(oldLeaf.cert).fingerprint256);
 
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
     // certbot-style renewal: same paths, new contents.
     writeFileSync(certFile, newLeaf.cert);
     writeFileSync(keyFile, newLeaf.key);
@@ -160,10 +125,10 @@ describe("SIGHUP with live sessions", () => {
   });
 
   test("a configuration that does not validate is refused with the reason; the old one stays and service goes on", async () => {
-    const { app, control, udp } = await withLiveSession();
+    const { app, control, udp } = await t.liveSession();
     const good = await Bun.file(app.configFile).text();
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
 
     // A value the schema refuses.
     app.rewriteConfig(good.replace('logLevel = "info"', 'logLevel = "chatty"'));
@@ -180,7 +145,7 @@ describe("SIGHUP with live sessions", () => {
     await flow.stopAndCheck();
     // The old configuration serves: a new session still gets through, at info level (no debug lines).
     const s2 = await signIn(app);
-    closers.push(() => s2.client.close());
+    t.closers.push(() => s2.client.close());
     expect(s2.targetPort).toBe(hostPort(app.sgTcp).port);
     expect(app.logs.some((l) => l.level === DEBUG)).toBe(false);
 
@@ -193,10 +158,10 @@ describe("SIGHUP with live sessions", () => {
   });
 
   test('a key that cannot change live is refused whole: "needs restart: sg.tcpListen"', async () => {
-    const { app, control, udp } = await withLiveSession();
+    const { app, control, udp } = await t.liveSession();
     const good = await Bun.file(app.configFile).text();
     const flow = keepFlowing(control, udp);
-    closers.push(() => flow.stop());
+    t.closers.push(() => flow.stop());
     const next = good
       .replace('tcpListen = ["127.0.0.1:0"]', 'tcpListen = ["127.0.0.1:0", "127.0.0.2:0"]')
       .replace('logLevel = "info"', 'logLevel = "debug"');
@@ -211,10 +176,10 @@ describe("SIGHUP with live sessions", () => {
     // Nothing of the refused file applied: no debug lines, the SG still where it was.
     const mark = app.logs.length;
     const s2 = await signIn(app);
-    closers.push(() => s2.client.close());
+    t.closers.push(() => s2.client.close());
     expect(s2.targetPort).toBe(hostPort(app.sgTcp).port);
     const c2 = await openControl(app);
-    closers.push(() => c2.close());
+    t.closers.push(() => c2.close());
     await tcpRoundTrip(c2, "<second>");
     await Bun.sleep(200);
     expect(app.logs.slice(mark).some((l) => l.level === DEBUG)).toBe(false);
