@@ -20,7 +20,7 @@
  * or one "re-signed" by a TLS-inspection proxy CA).
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import type { Socket, TCPSocketListener } from "bun";
@@ -31,7 +31,7 @@ import {
 } from "../../src/protocol/agent.ts";
 import { parseClientRequest } from "../../src/protocol/broker.ts";
 import type { BrokerRoot, ClientRequest, XmlNode } from "../../src/protocol/types.ts";
-import { openssl, testPki } from "./test-certs.ts";
+import { makeCa as makeTestCa, openssl, signLeaf, testPki } from "./test-certs.ts";
 
 export interface FakeDesktop {
   readonly name: string;
@@ -459,22 +459,7 @@ export async function startFakeBroker(options: FakeBrokerOptions = {}): Promise<
     msg: Extract<ClientRequest, { op: "allocate-resource" }>,
     logId: string,
   ) {
-    const body = buildLaunchSession({
-      sessionType: "UNSPECIFIED",
-      ipAddress: desktop.agentHost,
-      hostname: desktop.hostname ?? desktop.agentHost,
-      logon: {
-        method: WINDOWS_PASSWORD_LOGON,
-        username: session.user ?? "",
-        password: session.password ?? "",
-        domain: session.domain ?? "",
-      },
-      clientMac: msg.clientMacAddress,
-      clientIp: msg.clientIpAddress,
-      clientName: "",
-      licensePath: "",
-      sessionLogId: logId,
-    });
+    const body = launchSessionBody(desktop, session, msg, logId);
     const port = desktop.agentPort ?? 60443;
     const answer = await postToAgent(desktop.agentHost, port, body, agentTimeoutMs);
     if (answer === "timeout" || answer === "error") return answer;
@@ -699,6 +684,34 @@ function readRequest(buf: Buffer): RawRequest | "more" | "bad" {
   };
 }
 
+/**
+ * The launch-session a broker sends the desktop's agent for an allocate-resource: the signed-in user's password
+ * logon, the client's MAC and IP, the session's log id. Both fake brokers (this one and falcon-broker.ts) send it.
+ */
+export function launchSessionBody(
+  desktop: { readonly agentHost: string; readonly hostname?: string },
+  login: { readonly user?: string; readonly password?: string; readonly domain?: string },
+  msg: Extract<ClientRequest, { op: "allocate-resource" }>,
+  logId: string,
+): string {
+  return buildLaunchSession({
+    sessionType: "UNSPECIFIED",
+    ipAddress: desktop.agentHost,
+    hostname: desktop.hostname ?? desktop.agentHost,
+    logon: {
+      method: WINDOWS_PASSWORD_LOGON,
+      username: login.user ?? "",
+      password: login.password ?? "",
+      domain: login.domain ?? "",
+    },
+    clientMac: msg.clientMacAddress,
+    clientIp: msg.clientIpAddress,
+    clientName: "",
+    licensePath: "",
+    sessionLogId: logId,
+  });
+}
+
 /** POSTs launch-session to the agent over its own TLS (never through HTTPS_PROXY); "timeout" / "error". */
 export function postToAgent(
   host: string,
@@ -776,64 +789,11 @@ function brokerCertificates(): BrokerCertSet {
   const names = ["localhost", "127.0.0.1", "::1"];
   const dir = pki.dir;
   const file = (n: string) => join(dir, n);
-  const san = "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1";
   const makeCa = (base: string, cn: string) => {
-    if (existsSync(file(`${base}.pem`))) return;
-    openssl([
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-sha256",
-      "-days",
-      "30",
-      "-subj",
-      `/CN=${cn}`,
-      "-keyout",
-      file(`${base}.key`),
-      "-out",
-      file(`${base}.pem`),
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
+    if (!existsSync(file(`${base}.pem`))) makeTestCa(dir, base, cn);
   };
   const makeLeaf = (base: string, caBase: string) => {
-    if (existsSync(file(`${base}.pem`))) return;
-    writeFileSync(file(`${base}.ext`), `${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`);
-    openssl([
-      "req",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-sha256",
-      "-subj",
-      "/CN=localhost",
-      "-keyout",
-      file(`${base}.key`),
-      "-out",
-      file(`${base}.csr`),
-    ]);
-    openssl([
-      "x509",
-      "-req",
-      "-in",
-      file(`${base}.csr`),
-      "-CA",
-      file(`${caBase}.pem`),
-      "-CAkey",
-      file(`${caBase}.key`),
-      "-CAcreateserial",
-      "-days",
-      "30",
-      "-sha256",
-      "-extfile",
-      file(`${base}.ext`),
-      "-out",
-      file(`${base}.pem`),
-    ]);
+    if (!existsSync(file(`${base}.pem`))) signLeaf(dir, base, caBase, names);
   };
   const read = (base: string) => ({
     cert: readFileSync(file(`${base}.pem`), "utf8"),
@@ -881,7 +841,7 @@ function brokerCertificates(): BrokerCertSet {
               "-out",
               file("broker-self.pem"),
               "-addext",
-              san,
+              "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
             ]);
           }
           return read("broker-self");

@@ -23,18 +23,14 @@
  * nothing else uses — what a site with a private broker CA has (`tls.trustedCa`).
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket, TCPSocketListener } from "bun";
-import {
-  buildLaunchSession,
-  parseLaunchSessionResp,
-  WINDOWS_PASSWORD_LOGON,
-} from "../../src/protocol/agent.ts";
+import { parseLaunchSessionResp } from "../../src/protocol/agent.ts";
 import { parseClientRequest } from "../../src/protocol/broker.ts";
 import type { ClientRequest } from "../../src/protocol/types.ts";
-import { postToAgent } from "./fake-broker.ts";
-import { openssl, testPki } from "./test-certs.ts";
+import { launchSessionBody, postToAgent } from "./fake-broker.ts";
+import { makeCa, signLeaf, testPki } from "./test-certs.ts";
 
 export interface FalconDesktop {
   readonly name: string;
@@ -289,22 +285,7 @@ export async function startFalconBroker(options: FalconBrokerOptions): Promise<F
           ? session.desktops[Number(msg.resourceId)]
           : undefined;
         if (!desktop) throw new BrokerException(`no resource ${msg.resourceId}`);
-        const body = buildLaunchSession({
-          sessionType: "UNSPECIFIED",
-          ipAddress: desktop.agentHost,
-          hostname: desktop.hostname ?? desktop.agentHost,
-          logon: {
-            method: WINDOWS_PASSWORD_LOGON,
-            username: session.user ?? "",
-            password: session.password ?? "",
-            domain: session.domain ?? "",
-          },
-          clientMac: msg.clientMacAddress,
-          clientIp: msg.clientIpAddress,
-          clientName: "",
-          licensePath: "",
-          sessionLogId: logId,
-        });
+        const body = launchSessionBody(desktop, session, msg, logId);
         const reply = await postToAgent(desktop.agentHost, desktop.agentPort, body, agentTimeoutMs);
         if (reply === "timeout" || reply === "error") throw new BrokerException(`agent ${reply}`);
         const launched = parseLaunchSessionResp(reply);
@@ -434,61 +415,8 @@ function privateCaLeaf(): { cert: string; key: string; ca: string; caFile: strin
   const dir = testPki().dir;
   const f = (n: string) => join(dir, n);
   if (!existsSync(f("falcon-leaf.pem"))) {
-    openssl(
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-sha256",
-        "-days",
-        "30",
-        "-subj",
-        "/CN=Falcon Broker Private CA",
-      ]
-        .concat(["-keyout", f("falcon-ca.key"), "-out", f("falcon-ca.pem")])
-        .concat([
-          "-addext",
-          "basicConstraints=critical,CA:TRUE",
-          "-addext",
-          "keyUsage=critical,keyCertSign,cRLSign",
-        ]),
-    );
-    writeFileSync(
-      f("falcon-leaf.ext"),
-      "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    );
-    openssl(
-      ["req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-subj", "/CN=localhost"].concat([
-        "-keyout",
-        f("falcon-leaf.key"),
-        "-out",
-        f("falcon-leaf.csr"),
-      ]),
-    );
-    openssl(
-      [
-        "x509",
-        "-req",
-        "-in",
-        f("falcon-leaf.csr"),
-        "-CA",
-        f("falcon-ca.pem"),
-        "-CAkey",
-        f("falcon-ca.key"),
-      ].concat([
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-sha256",
-        "-extfile",
-        f("falcon-leaf.ext"),
-        "-out",
-        f("falcon-leaf.pem.tmp"),
-      ]),
-    );
-    writeFileSync(f("falcon-leaf.pem"), readFileSync(f("falcon-leaf.pem.tmp")));
+    makeCa(dir, "falcon-ca", "Falcon Broker Private CA");
+    signLeaf(dir, "falcon-leaf", "falcon-ca", ["localhost", "127.0.0.1"]);
   }
   return {
     cert: readFileSync(f("falcon-leaf.pem"), "utf8"),

@@ -3,7 +3,7 @@
  * leaf certificates it signs, for the CM (443), fake agents (60443 and 4172) and fake brokers. Created once per
  * test process under a temporary folder that is removed at exit.
  */
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -33,26 +33,7 @@ export function testPki(): TestPki {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
-  openssl([
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-sha256",
-    "-days",
-    "30",
-    "-subj",
-    "/CN=pcoip-cmsg test CA",
-    "-keyout",
-    join(dir, "ca.key"),
-    "-out",
-    join(dir, "ca.pem"),
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
-  ]);
+  makeCa(dir, "ca", "pcoip-cmsg test CA");
   const ca = read(dir, "ca");
   const cache = new Map<string, TestCert>();
   shared = {
@@ -65,48 +46,88 @@ export function testPki(): TestPki {
       const hit = cache.get(id);
       if (hit) return hit;
       const base = `leaf${cache.size}`;
-      const san = names.map((n) => (/^[\d.]+$|:/.test(n) ? `IP:${n}` : `DNS:${n}`)).join(",");
-      writeFileSync(
-        join(dir, `${base}.ext`),
-        `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n`,
-      );
-      openssl([
-        "req",
-        "-newkey",
-        `rsa:${bits}`,
-        "-nodes",
-        "-sha256",
-        "-subj",
-        `/CN=${names[0] ?? "localhost"}`,
-        "-keyout",
-        join(dir, `${base}.key`),
-        "-out",
-        join(dir, `${base}.csr`),
-      ]);
-      openssl([
-        "x509",
-        "-req",
-        "-in",
-        join(dir, `${base}.csr`),
-        "-CA",
-        join(dir, "ca.pem"),
-        "-CAkey",
-        join(dir, "ca.key"),
-        "-CAcreateserial",
-        "-days",
-        String(days),
-        "-sha256",
-        "-extfile",
-        join(dir, `${base}.ext`),
-        "-out",
-        join(dir, `${base}.pem`),
-      ]);
+      signLeaf(dir, base, "ca", names, { bits, days, extendedKeyUsage: "serverAuth,clientAuth" });
       const leaf = read(dir, base);
       cache.set(id, leaf);
       return leaf;
     },
   };
   return shared;
+}
+
+/** Makes `<base>.pem` and `<base>.key` in dir: a self-signed CA (RSA-2048, 30 days) with common name `cn`. */
+export function makeCa(dir: string, base: string, cn: string): void {
+  openssl([
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-sha256",
+    "-days",
+    "30",
+    "-subj",
+    `/CN=${cn}`,
+    "-keyout",
+    join(dir, `${base}.key`),
+    "-out",
+    join(dir, `${base}.pem`),
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  ]);
+}
+
+/**
+ * Makes `<base>.pem` and `<base>.key` in dir: a leaf for `names` (DNS names and IPs, the first is its common name)
+ * signed by the CA `<caBase>` in the same folder. The certificate is written under a temporary name and renamed, so
+ * a caller that checks `<base>.pem` exists never sees half of one.
+ */
+export function signLeaf(
+  dir: string,
+  base: string,
+  caBase: string,
+  names: readonly string[],
+  opts: { bits?: number; days?: number; extendedKeyUsage?: string } = {},
+): void {
+  const san = names.map((n) => (/^[\d.]+$|:/.test(n) ? `IP:${n}` : `DNS:${n}`)).join(",");
+  writeFileSync(
+    join(dir, `${base}.ext`),
+    `subjectAltName=${san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=${opts.extendedKeyUsage ?? "serverAuth"}\n`,
+  );
+  openssl([
+    "req",
+    "-newkey",
+    `rsa:${opts.bits ?? 2048}`,
+    "-nodes",
+    "-sha256",
+    "-subj",
+    `/CN=${names[0] ?? "localhost"}`,
+    "-keyout",
+    join(dir, `${base}.key`),
+    "-out",
+    join(dir, `${base}.csr`),
+  ]);
+  openssl([
+    "x509",
+    "-req",
+    "-in",
+    join(dir, `${base}.csr`),
+    "-CA",
+    join(dir, `${caBase}.pem`),
+    "-CAkey",
+    join(dir, `${caBase}.key`),
+    "-CAcreateserial",
+    "-days",
+    String(opts.days ?? 30),
+    "-sha256",
+    "-extfile",
+    join(dir, `${base}.ext`),
+    "-out",
+    join(dir, `${base}.pem.tmp`),
+  ]);
+  renameSync(join(dir, `${base}.pem.tmp`), join(dir, `${base}.pem`));
 }
 
 function removeStaleFolders(): void {
