@@ -164,232 +164,253 @@ interface Rec {
 }
 
 /**
- * One closure over the table's two indexes on purpose (≈ 210 lines): every method reads and writes the same Maps,
- * and `matchTcp`'s rules are best read beside `admit`'s and `remove`'s.
+ * The table: every record by session id and by client IP (the two indexes every method reads and writes), the
+ * listeners told of removals, the counters and the sweep timer. `matchTcp`'s rules are best read beside `admit`'s
+ * and `remove`'s, so they stay together here.
+ */
+class AdmissionTable implements Admissions {
+  readonly counters: AdmissionCounters = {
+    admitted: 0,
+    refused: { max_sessions: 0, per_ip_limit: 0, draining: 0, invalid: 0 },
+    removed: { expired: 0, closed: 0, revoked: 0, replaced: 0 },
+  };
+  private readonly byId = new Map<string, Rec>();
+  private readonly byIp = new Map<string, Set<Rec>>();
+  private readonly listeners = new Set<(e: AdmissionEvent) => void>();
+  private readonly now: () => number;
+  private readonly pendingTtlMs: number;
+  private readonly reconnectGraceMs: number;
+  private readonly maxSessions: number;
+  private readonly maxPerClientIp: number;
+  private readonly drain: { readonly draining: boolean } | undefined;
+  private readonly timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(options: AdmissionsOptions) {
+    this.now = options.now ?? Date.now;
+    this.pendingTtlMs = options.pendingTtlMs ?? 90_000;
+    this.reconnectGraceMs = options.reconnectGraceMs ?? 30_000;
+    this.maxSessions = options.maxSessions ?? 5000;
+    this.maxPerClientIp = options.maxPerClientIp ?? 0;
+    this.drain = options.drain;
+    const sweepEveryMs = options.sweepEveryMs ?? 1000;
+    this.timer = sweepEveryMs > 0 ? setInterval(this.sweep, sweepEveryMs) : undefined;
+    this.timer?.unref();
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  /**
+   * Over-limit policy: refuse the new admission and count it; never evict a live one to make room. The CM turns
+   * the refusal into a failed allocation the user can retry, which beats killing somebody's running desktop.
+   * Records already dead (expired, grace over) do not count against the limits even before the sweep.
+   */
+  admit(req: AdmitRequest): AdmitResult {
+    const clientIp = canonicalIp(req.clientIp);
+    if (!req.sessionLogId || ipFamily(clientIp) === 0 || !req.agentHost) {
+      this.counters.refused.invalid++;
+      return { ok: false, reason: "invalid" };
+    }
+    if (this.drain?.draining) {
+      this.counters.refused.draining++;
+      return { ok: false, reason: "draining" };
+    }
+    const t = this.now();
+    // A second allocation in the same CM session replaces the first admission (same id, newer agent answer).
+    const previous = this.byId.get(req.sessionLogId);
+    if (previous) this.remove(previous, "replaced");
+    const full = this.limitReached(clientIp, t);
+    if (full) {
+      this.counters.refused[full]++;
+      return { ok: false, reason: full };
+    }
+    const rec: Rec = {
+      sessionLogId: req.sessionLogId,
+      agentSessionId: req.agentSessionId,
+      clientIp,
+      agentHost: req.agentHost,
+      agentTcpPort: req.agentTcpPort ?? 4172,
+      agentUdpPort: req.agentUdpPort ?? 4172,
+      sni: normaliseSni(req.sni),
+      admittedAt: t,
+      expiresAt: t + this.pendingTtlMs,
+      state: "pending",
+      activatedAt: null,
+      endedAt: null,
+      tcpConnections: 0,
+      tcpConnects: 0,
+    };
+    this.byId.set(rec.sessionLogId, rec);
+    const set = this.byIp.get(clientIp);
+    if (set) set.add(rec);
+    else this.byIp.set(clientIp, new Set([rec]));
+    this.counters.admitted++;
+    return { ok: true, admission: snapshot(rec) };
+  }
+
+  /** The limit a new admission for `clientIp` would break (maxSessions first), or undefined. */
+  private limitReached(clientIp: string, t: number): "max_sessions" | "per_ip_limit" | undefined {
+    // Counting the live records is O(sessions); it is needed only when the table is full (dead records may
+    // still be in it before the sweep), so the common path costs nothing per allocation.
+    let live = this.byId.size;
+    if (live >= this.maxSessions) {
+      live = 0;
+      for (const r of this.byId.values()) if (!this.isDead(r, t)) live++;
+    }
+    if (live >= this.maxSessions) return "max_sessions";
+    if (this.maxPerClientIp > 0) {
+      const ofIpSet = this.byIp.get(clientIp);
+      let ofIp = ofIpSet?.size ?? 0;
+      if (ofIp >= this.maxPerClientIp) {
+        ofIp = 0;
+        for (const r of ofIpSet ?? []) if (!this.isDead(r, t)) ofIp++;
+      }
+      if (ofIp >= this.maxPerClientIp) return "per_ip_limit";
+    }
+    return undefined;
+  }
+
+  /**
+   * Matching rules (SPEC §4), for one client IP only — never by SNI alone, since an agent's host name is
+   * guessable from its certificate:
+   * 1. With an SNI: the admissions of this IP whose sni equals it (case-insensitive). Preference: a pending one
+   *    (oldest first: clients connect in the order they allocated), then one within its reconnect grace (most
+   *    recently ended first), then an active one (a reconnect whose old connection the SG has not seen die).
+   * 2. Without an SNI: the same, among admissions whose sni is an IP literal (no SNI will ever arrive); failing
+   *    that, the IP's only pending admission when there is exactly one.
+   * An SNI that matches nothing is refused even when the IP has a single pending admission: a wrong name is a
+   * different destination, not a missing one.
+   */
+  matchTcp(rawIp: string, rawSni: string | undefined): TcpMatch {
+    const t = this.now();
+    const set = this.byIp.get(canonicalIp(rawIp));
+    let any = false;
+    let pending: Rec | undefined;
+    let pendingCount = 0;
+    let best: Rec | undefined;
+    const sni = rawSni === undefined ? null : normaliseSni(rawSni);
+    for (const r of set ?? []) {
+      if (this.isDead(r, t)) continue;
+      any = true;
+      if (r.state === "pending") {
+        pendingCount++;
+        if (!pending || r.admittedAt < pending.admittedAt) pending = r;
+      }
+      if (r.sni === sni && better(r, best)) best = r;
+    }
+    if (best) return { ok: true, admission: snapshot(best) };
+    if (!any) return { ok: false, reason: "no_admission" };
+    if (sni !== null) return { ok: false, reason: "wrong_sni" };
+    if (pendingCount === 1 && pending) return { ok: true, admission: snapshot(pending) };
+    return { ok: false, reason: "no_sni_ambiguous" };
+  }
+
+  pickUdp(
+    rawIp: string,
+    usable: (sessionLogId: string) => boolean,
+  ): { chosen: Admission | undefined; activeSeen: boolean } {
+    const set = this.byIp.get(canonicalIp(rawIp));
+    let best: Rec | undefined;
+    let activeSeen = false;
+    if (set) {
+      for (const r of set) {
+        if (r.state !== "active") continue;
+        activeSeen = true;
+        // Strictly greater: among equal activation times the earlier admitted record wins.
+        if ((best === undefined || (r.activatedAt ?? 0) > (best.activatedAt ?? 0)) && usable(r.sessionLogId))
+          best = r;
+      }
+    }
+    return { chosen: best ? snapshot(best) : undefined, activeSeen };
+  }
+
+  attachTcp(id: string): void {
+    const r = this.byId.get(id);
+    if (!r) return;
+    r.state = "active";
+    r.activatedAt = this.now();
+    r.endedAt = null;
+    r.tcpConnections++;
+    r.tcpConnects++;
+  }
+
+  detachTcp(id: string): void {
+    const r = this.byId.get(id);
+    if (!r || r.tcpConnections === 0) return;
+    r.tcpConnections--;
+    if (r.tcpConnections === 0) {
+      r.state = "ended";
+      r.endedAt = this.now();
+    }
+  }
+
+  end(id: string): boolean {
+    const r = this.byId.get(id);
+    if (!r) return false;
+    this.remove(r, "revoked");
+    return true;
+  }
+
+  get(id: string): Admission | undefined {
+    const r = this.byId.get(id);
+    return r ? snapshot(r) : undefined;
+  }
+
+  list(state?: AdmissionState): Admission[] {
+    const out: Admission[] = [];
+    for (const r of this.byId.values()) if (state === undefined || r.state === state) out.push(snapshot(r));
+    return out;
+  }
+
+  /** An arrow: the sweep timer calls it unbound. */
+  readonly sweep = (): void => {
+    const t = this.now();
+    for (const r of this.byId.values()) {
+      if (this.isDead(r, t)) this.remove(r, r.state === "pending" ? "expired" : "closed");
+    }
+  };
+
+  subscribe(listener: (e: AdmissionEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.listeners.clear();
+  }
+
+  /** A record no longer usable, whether or not the sweep has run yet. */
+  private isDead(r: Rec, t: number): boolean {
+    return (
+      (r.state === "pending" && t >= r.expiresAt) ||
+      (r.state === "ended" && r.endedAt !== null && t >= r.endedAt + this.reconnectGraceMs)
+    );
+  }
+
+  private remove(r: Rec, reason: RemovalReason): void {
+    if (this.byId.get(r.sessionLogId) !== r) return;
+    this.byId.delete(r.sessionLogId);
+    const set = this.byIp.get(r.clientIp);
+    set?.delete(r);
+    if (set && set.size === 0) this.byIp.delete(r.clientIp);
+    this.counters.removed[reason]++;
+    const event: AdmissionRemoved = { type: "removed", admission: snapshot(r), reason };
+    for (const l of this.listeners) l(event);
+  }
+}
+
+/**
  * @example
  * const admissions = createAdmissions({ maxSessions: 5000 });
  * const r = admissions.admit({ sessionLogId, agentSessionId, clientIp, agentHost: "10.20.3.14", agentUdpPort: 4172, sni });
  * if (!r.ok) reply with "no resources" and log r.reason
  */
 export function createAdmissions(options: AdmissionsOptions = {}): Admissions {
-  const now = options.now ?? Date.now;
-  const pendingTtlMs = options.pendingTtlMs ?? 90_000;
-  const reconnectGraceMs = options.reconnectGraceMs ?? 30_000;
-  const maxSessions = options.maxSessions ?? 5000;
-  const maxPerClientIp = options.maxPerClientIp ?? 0;
-  const sweepEveryMs = options.sweepEveryMs ?? 1000;
-
-  const byId = new Map<string, Rec>();
-  const byIp = new Map<string, Set<Rec>>();
-  const listeners = new Set<(e: AdmissionEvent) => void>();
-  const drain = options.drain;
-  const counters: AdmissionCounters = {
-    admitted: 0,
-    refused: { max_sessions: 0, per_ip_limit: 0, draining: 0, invalid: 0 },
-    removed: { expired: 0, closed: 0, revoked: 0, replaced: 0 },
-  };
-
-  /** A record no longer usable, whether or not the sweep has run yet. */
-  const isDead = (r: Rec, t: number): boolean =>
-    (r.state === "pending" && t >= r.expiresAt) ||
-    (r.state === "ended" && r.endedAt !== null && t >= r.endedAt + reconnectGraceMs);
-
-  function remove(r: Rec, reason: RemovalReason): void {
-    if (byId.get(r.sessionLogId) !== r) return;
-    byId.delete(r.sessionLogId);
-    const set = byIp.get(r.clientIp);
-    set?.delete(r);
-    if (set && set.size === 0) byIp.delete(r.clientIp);
-    counters.removed[reason]++;
-    const event: AdmissionRemoved = { type: "removed", admission: snapshot(r), reason };
-    for (const l of listeners) l(event);
-  }
-
-  function sweep(): void {
-    const t = now();
-    for (const r of byId.values()) {
-      if (isDead(r, t)) remove(r, r.state === "pending" ? "expired" : "closed");
-    }
-  }
-
-  const timer = sweepEveryMs > 0 ? setInterval(sweep, sweepEveryMs) : undefined;
-  timer?.unref();
-
-  return {
-    /**
-     * Over-limit policy: refuse the new admission and count it; never evict a live one to make room. The CM turns
-     * the refusal into a failed allocation the user can retry, which beats killing somebody's running desktop.
-     * Records already dead (expired, grace over) do not count against the limits even before the sweep.
-     */
-    admit(req) {
-      const clientIp = canonicalIp(req.clientIp);
-      if (!req.sessionLogId || ipFamily(clientIp) === 0 || !req.agentHost) {
-        counters.refused.invalid++;
-        return { ok: false, reason: "invalid" };
-      }
-      if (drain?.draining) {
-        counters.refused.draining++;
-        return { ok: false, reason: "draining" };
-      }
-      const t = now();
-      // A second allocation in the same CM session replaces the first admission (same id, newer agent answer).
-      const previous = byId.get(req.sessionLogId);
-      if (previous) remove(previous, "replaced");
-      // Counting the live records is O(sessions); it is needed only when the table is full (dead records may
-      // still be in it before the sweep), so the common path costs nothing per allocation.
-      let live = byId.size;
-      if (live >= maxSessions) {
-        live = 0;
-        for (const r of byId.values()) if (!isDead(r, t)) live++;
-      }
-      if (live >= maxSessions) {
-        counters.refused.max_sessions++;
-        return { ok: false, reason: "max_sessions" };
-      }
-      if (maxPerClientIp > 0) {
-        const ofIpSet = byIp.get(clientIp);
-        let ofIp = ofIpSet?.size ?? 0;
-        if (ofIp >= maxPerClientIp) {
-          ofIp = 0;
-          for (const r of ofIpSet ?? []) if (!isDead(r, t)) ofIp++;
-        }
-        if (ofIp >= maxPerClientIp) {
-          counters.refused.per_ip_limit++;
-          return { ok: false, reason: "per_ip_limit" };
-        }
-      }
-      const rec: Rec = {
-        sessionLogId: req.sessionLogId,
-        agentSessionId: req.agentSessionId,
-        clientIp,
-        agentHost: req.agentHost,
-        agentTcpPort: req.agentTcpPort ?? 4172,
-        agentUdpPort: req.agentUdpPort ?? 4172,
-        sni: normaliseSni(req.sni),
-        admittedAt: t,
-        expiresAt: t + pendingTtlMs,
-        state: "pending",
-        activatedAt: null,
-        endedAt: null,
-        tcpConnections: 0,
-        tcpConnects: 0,
-      };
-      byId.set(rec.sessionLogId, rec);
-      const set = byIp.get(clientIp);
-      if (set) set.add(rec);
-      else byIp.set(clientIp, new Set([rec]));
-      counters.admitted++;
-      return { ok: true, admission: snapshot(rec) };
-    },
-
-    /**
-     * Matching rules (SPEC §4), for one client IP only — never by SNI alone, since an agent's host name is
-     * guessable from its certificate:
-     * 1. With an SNI: the admissions of this IP whose sni equals it (case-insensitive). Preference: a pending one
-     *    (oldest first: clients connect in the order they allocated), then one within its reconnect grace (most
-     *    recently ended first), then an active one (a reconnect whose old connection the SG has not seen die).
-     * 2. Without an SNI: the same, among admissions whose sni is an IP literal (no SNI will ever arrive); failing
-     *    that, the IP's only pending admission when there is exactly one.
-     * An SNI that matches nothing is refused even when the IP has a single pending admission: a wrong name is a
-     * different destination, not a missing one.
-     */
-    matchTcp(rawIp, rawSni) {
-      const t = now();
-      const set = byIp.get(canonicalIp(rawIp));
-      let any = false;
-      let pending: Rec | undefined;
-      let pendingCount = 0;
-      let best: Rec | undefined;
-      const sni = rawSni === undefined ? null : normaliseSni(rawSni);
-      for (const r of set ?? []) {
-        if (isDead(r, t)) continue;
-        any = true;
-        if (r.state === "pending") {
-          pendingCount++;
-          if (!pending || r.admittedAt < pending.admittedAt) pending = r;
-        }
-        if (r.sni === sni && better(r, best)) best = r;
-      }
-      if (best) return { ok: true, admission: snapshot(best) };
-      if (!any) return { ok: false, reason: "no_admission" };
-      if (sni !== null) return { ok: false, reason: "wrong_sni" };
-      if (pendingCount === 1 && pending) return { ok: true, admission: snapshot(pending) };
-      return { ok: false, reason: "no_sni_ambiguous" };
-    },
-
-    pickUdp(rawIp, usable) {
-      const set = byIp.get(canonicalIp(rawIp));
-      let best: Rec | undefined;
-      let activeSeen = false;
-      if (set) {
-        for (const r of set) {
-          if (r.state !== "active") continue;
-          activeSeen = true;
-          // Strictly greater: among equal activation times the earlier admitted record wins.
-          if (
-            (best === undefined || (r.activatedAt ?? 0) > (best.activatedAt ?? 0)) &&
-            usable(r.sessionLogId)
-          )
-            best = r;
-        }
-      }
-      return { chosen: best ? snapshot(best) : undefined, activeSeen };
-    },
-
-    attachTcp(id) {
-      const r = byId.get(id);
-      if (!r) return;
-      r.state = "active";
-      r.activatedAt = now();
-      r.endedAt = null;
-      r.tcpConnections++;
-      r.tcpConnects++;
-    },
-
-    detachTcp(id) {
-      const r = byId.get(id);
-      if (!r || r.tcpConnections === 0) return;
-      r.tcpConnections--;
-      if (r.tcpConnections === 0) {
-        r.state = "ended";
-        r.endedAt = now();
-      }
-    },
-
-    end(id) {
-      const r = byId.get(id);
-      if (!r) return false;
-      remove(r, "revoked");
-      return true;
-    },
-
-    get(id) {
-      const r = byId.get(id);
-      return r ? snapshot(r) : undefined;
-    },
-
-    list: (state) => {
-      const out: Admission[] = [];
-      for (const r of byId.values()) if (state === undefined || r.state === state) out.push(snapshot(r));
-      return out;
-    },
-
-    get size() {
-      return byId.size;
-    },
-    sweep,
-    subscribe(listener) {
-      listeners.add(listener);
-      return () => {
-        listeners.delete(listener);
-      };
-    },
-    counters,
-    close() {
-      if (timer) clearInterval(timer);
-      listeners.clear();
-    },
-  };
+  return new AdmissionTable(options);
 }
 
 const RANK: Record<AdmissionState, number> = { pending: 0, ended: 1, active: 2 };
