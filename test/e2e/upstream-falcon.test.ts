@@ -8,67 +8,19 @@
 // has the documented shape (password method, no result) and sign-in works once the broker is back. The broker's
 // 2 s keep-alive close and its own cookie cost the user nothing.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createAgentClient } from "../../src/cm/agent-client.ts";
-import { createUpstreamBroker, type UpstreamOptions } from "../../src/cm/brokers/upstream.ts";
-import { type CmApp, createCmApp } from "../../src/cm/server.ts";
-import { compileTrustedProxies } from "../../src/net/client-address.ts";
-import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
-import { createLogger, memoryDestination } from "../../src/observability/log.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
 import { type FalconBroker, startFalconBroker } from "../peers/falcon-broker.ts";
 import { type PcoipClient, pcoipClient } from "../peers/pcoip-client.ts";
 import { rawConnect } from "../peers/raw-http.ts";
 import { testPki } from "../peers/test-certs.ts";
+import { startUpstreamCm, type UpstreamCm } from "../peers/upstream-cm.ts";
 
 setDefaultTimeout(30_000);
 
-const PCM = {
-  productName: "pcoip-cmsg",
-  productVersion: "0.1.0",
-  platform: "linux",
-  ipAddress: "127.0.0.1",
-  hostname: "cm.test",
-};
 const PASSWORD = "alice pw";
 
-interface CmRig {
-  readonly port: number;
-  readonly app: CmApp;
-  lines(): Record<string, unknown>[];
-  stop(): Promise<void>;
-}
-
-async function startCm(
-  upstream: Partial<UpstreamOptions> & Pick<UpstreamOptions, "brokerUrl">,
-): Promise<CmRig> {
-  const sink = memoryDestination();
-  const log = createLogger({ level: "debug", destination: sink });
-  const made = createUpstreamBroker({ systemCa: false, env: {}, pcmInfo: PCM, ...upstream });
-  if (!made.ok) throw new Error(`upstream broker: ${made.error.cause}`);
-  const app = createCmApp({
-    log,
-    broker: made.broker,
-    agentClient: createAgentClient({ timeoutMs: 5000 }),
-    trustedProxies: compileTrustedProxies([]),
-    sweepEveryMs: 0,
-  });
-  const leaf = testPki().leaf(["localhost", "127.0.0.1"]);
-  const server: Http1Server = startHttp1Server({
-    hostname: "127.0.0.1",
-    port: 0,
-    tls: { cert: leaf.cert, key: leaf.key },
-    fetch: app.fetch,
-  });
-  return {
-    port: server.port,
-    app,
-    lines: () => sink.lines().map((l) => JSON.parse(l) as Record<string, unknown>),
-    async stop() {
-      server.stop({ closeActive: true });
-      await app.close();
-    },
-  };
-}
+type CmRig = UpstreamCm;
+const startCm = (upstream: Parameters<typeof startUpstreamCm>[0]) => startUpstreamCm(upstream);
 
 const client = (port: number): PcoipClient =>
   pcoipClient({

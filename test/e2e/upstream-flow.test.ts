@@ -10,96 +10,25 @@
  * (test/peers/pcoip-client.ts) talking to it.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createAgentClient } from "../../src/cm/agent-client.ts";
-import { createUpstreamBroker, type UpstreamOptions } from "../../src/cm/brokers/upstream.ts";
-import { type CmApp, createCmApp, type SessionGateway } from "../../src/cm/server.ts";
-import { compileTrustedProxies } from "../../src/net/client-address.ts";
-import { type Http1Server, startHttp1Server } from "../../src/net/http1.ts";
-import { createLogger, memoryDestination } from "../../src/observability/log.ts";
-import { createSessionGateway } from "../../src/platform/session-gateway.ts";
-import { type Admissions, createAdmissions } from "../../src/sg/admissions.ts";
-import { startTcpRelay, type TcpRelay } from "../../src/sg/tcp-relay.ts";
 import { connectControl } from "../peers/agent-endpoint.ts";
 import { type FakeAgent, loopbackAgentTargets, startFakeAgent } from "../peers/fake-agent.ts";
 import { type FakeBroker, startFakeBroker } from "../peers/fake-broker.ts";
 import { type PcoipClient, pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
 import { startTinyproxy, type TinyproxyPeer, tinyproxyMissing } from "../peers/tinyproxy.ts";
+import { startUpstreamCm, type UpstreamCm } from "../peers/upstream-cm.ts";
 
-const PCM = {
-  productName: "pcoip-cmsg",
-  productVersion: "0.1.0",
-  platform: "linux",
-  ipAddress: "127.0.0.1",
-  hostname: "cm.test",
-};
+type CmRig = UpstreamCm;
 
-interface CmRig {
-  readonly port: number;
-  readonly app: CmApp;
-  readonly sink: ReturnType<typeof memoryDestination>;
-  /** Parsed log lines. */
-  lines(): Record<string, unknown>[];
-  /** The SG's TCP port when the SG is on. */
-  readonly sgPort: number | undefined;
-  readonly admissions: Admissions | undefined;
-  stop(): Promise<void>;
-}
-
-async function startCm(
-  upstream: Partial<UpstreamOptions> & Pick<UpstreamOptions, "brokerUrl">,
+/** The whole CM in front of `upstream`; the fake agent is on loopback: its network and session port, explicitly. */
+function startCm(
+  upstream: Parameters<typeof startUpstreamCm>[0],
   opts: { sg?: boolean; agentTimeoutMs?: number } = {},
 ): Promise<CmRig> {
-  const sink = memoryDestination();
-  const log = createLogger({ level: "debug", destination: sink });
-  const made = createUpstreamBroker({ systemCa: false, env: {}, pcmInfo: PCM, ...upstream });
-  if (!made.ok) throw new Error(`upstream broker: ${made.error.cause}`);
-  let admissions: Admissions | undefined;
-  let relay: TcpRelay | undefined;
-  let gateway: SessionGateway | undefined;
-  if (opts.sg) {
-    const adm = createAdmissions({ sweepEveryMs: 0 });
-    const t = await startTcpRelay({ listen: [{ hostname: "127.0.0.1", port: 0 }], admissions: adm, log });
-    if (!t.ok) throw new Error(t.error.cause);
-    admissions = adm;
-    relay = t.relay;
-    const sgPort = t.relay.ports[0]!;
-    gateway = createSessionGateway({
-      admissions: adm,
-      externalAddressFor: () => ({ ip: "127.0.0.1", port: sgPort }),
-    });
-  }
-  const app = createCmApp({
-    log,
-    broker: made.broker,
-    agentClient: createAgentClient({ timeoutMs: opts.agentTimeoutMs ?? 5000 }),
-    ...(gateway ? { gateway } : {}),
-    // The fake agent is on loopback: its network and session port, explicitly.
+  return startUpstreamCm(upstream, {
+    ...opts,
     agentTargets: loopbackAgentTargets([agent.endpoint?.port ?? 4172]),
-    trustedProxies: compileTrustedProxies([]),
-    sweepEveryMs: 0,
   });
-  const leaf = testPki().leaf(["localhost", "127.0.0.1"]);
-  const server: Http1Server = startHttp1Server({
-    hostname: "127.0.0.1",
-    port: 0,
-    tls: { cert: leaf.cert, key: leaf.key },
-    fetch: app.fetch,
-  });
-  return {
-    port: server.port,
-    app,
-    sink,
-    lines: () => sink.lines().map((l) => JSON.parse(l) as Record<string, unknown>),
-    sgPort: relay?.ports[0],
-    admissions,
-    async stop() {
-      server.stop({ closeActive: true });
-      await app.close();
-      await relay?.stop();
-      admissions?.close();
-    },
-  };
 }
 
 /** The shared PCoIP client peer, verifying the CM with the test CA and sending `clientLogId`. */

@@ -4,18 +4,11 @@ import { setDefaultTimeout } from "bun:test";
 import { createUpstreamBroker } from "../../src/cm/brokers/upstream.ts";
 import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
 import { startFakeBroker } from "../peers/fake-broker.ts";
+import { TEST_PCM_INFO } from "../peers/upstream-cm.ts";
 import { runBrokerContract } from "./cm-broker-contract.ts";
 
 // The setup starts a fake agent and broker (and, in a fresh process, makes test certificates): seconds when busy.
 setDefaultTimeout(30_000);
-
-const PCM = {
-  productName: "pcoip-cmsg",
-  productVersion: "0.1.0",
-  platform: "linux",
-  ipAddress: "127.0.0.1",
-  hostname: "cm.test",
-};
 
 for (const launch of ["broker", "host-only"] as const) {
   runBrokerContract(
@@ -43,7 +36,7 @@ for (const launch of ["broker", "host-only"] as const) {
         caCertPem: fake.caCert,
         systemCa: false,
         env: {},
-        pcmInfo: PCM,
+        pcmInfo: TEST_PCM_INFO,
       });
       if (!made.ok) throw new Error(made.error.cause);
       return {
