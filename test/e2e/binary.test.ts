@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { applianceToml } from "../peers/appliance-process.ts";
-import { cleanEnv, type Ran, runCommand } from "../peers/run-command.ts";
+import { cleanEnv, compileExecutable, type Ran, runCommand } from "../peers/run-command.ts";
 
 const REPO = resolve(import.meta.dir, "../..");
 const EXAMPLE = join(REPO, "config/pcoip-cmsg.example.toml");
@@ -28,29 +28,9 @@ function runBinary(args: string[], timeoutMs = 30_000): Promise<Ran> {
 
 beforeAll(async () => {
   // The flags of scripts/build.ts's compile(): default target only.
-  const proc = Bun.spawn(
-    [
-      process.execPath,
-      "build",
-      "--compile",
-      "--minify",
-      "--bytecode",
-      `--define=PCOIP_CMSG_VERSION=${JSON.stringify(VERSION)}`,
-      `--define=PCOIP_CMSG_COMMIT=${JSON.stringify(COMMIT)}`,
-      "src/main.ts",
-      "--outfile",
-      binary,
-    ],
-    { cwd: REPO, env: cleanEnv(), stdin: "ignore", stdout: "pipe", stderr: "pipe" },
-  );
-  const timer = setTimeout(() => proc.kill("SIGKILL"), 110_000);
-  const [out, err, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
-  clearTimeout(timer);
-  if (code !== 0 || !existsSync(binary)) buildError = `bun build --compile exited ${code}:\n${out}\n${err}`;
+  const r = await compileExecutable(binary, COMMIT, 110_000);
+  if (r.code !== 0 || !existsSync(binary))
+    buildError = `bun build --compile exited ${r.code}:\n${r.out}\n${r.err}`;
 }, 120_000);
 
 afterAll(() => rmSync(work, { recursive: true, force: true }));

@@ -7,7 +7,7 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { cleanEnv } from "../peers/run-command.ts";
+import { cleanEnv, compileExecutable, type Ran, runCommand } from "../peers/run-command.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
 export const VERSION = (JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string })
@@ -16,35 +16,12 @@ export const VERSION = (JSON.parse(readFileSync(join(REPO, "package.json"), "utf
 export const CACHE = process.env.PCOIP_CMSG_TEST_CACHE ?? "/var/cache/pcoip-cmsg-test";
 const ROOT = join(CACHE, "bookworm-systemd");
 
-export interface Ran {
-  readonly code: number;
-  readonly out: string;
-  readonly err: string;
-}
-
-export async function sh(
+/** Runs `argv` from the repository (unless `cwd`) with a clean environment; 120 s unless `timeoutMs`. */
+export function sh(
   argv: string[],
   o: { timeoutMs?: number; cwd?: string; stdin?: string } = {},
 ): Promise<Ran> {
-  const proc = Bun.spawn(argv, {
-    cwd: o.cwd ?? REPO,
-    env: cleanEnv(),
-    stdin: o.stdin === undefined ? "ignore" : new TextEncoder().encode(o.stdin),
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const timer = setTimeout(() => proc.kill("SIGKILL"), o.timeoutMs ?? 120_000);
-  try {
-    const [out, err, code] = await Promise.all([
-      new Response(proc.stdout).text(),
-      new Response(proc.stderr).text(),
-      proc.exited,
-    ]);
-    return { code, out, err };
-  } finally {
-    clearTimeout(timer);
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
-  }
+  return runCommand(argv, { ...o, cwd: o.cwd ?? REPO, timeoutMs: o.timeoutMs ?? 120_000 });
 }
 
 /** Why these tests cannot run here, or undefined. Under CI=true the caller fails instead of skipping. */
@@ -58,21 +35,7 @@ export function cannotRun(tools: readonly string[]): string | undefined {
 /** Compiles the executable into `dir` (pcoip-cmsg, plus a copy as pcoip-cmsg-baseline). */
 export async function buildExecutables(dir: string): Promise<void> {
   mkdirSync(dir, { recursive: true });
-  const r = await sh(
-    [
-      process.execPath,
-      "build",
-      "--compile",
-      "--minify",
-      "--bytecode",
-      `--define=PCOIP_CMSG_VERSION=${JSON.stringify(VERSION)}`,
-      '--define=PCOIP_CMSG_COMMIT="pkgtest"',
-      "src/main.ts",
-      "--outfile",
-      join(dir, "pcoip-cmsg"),
-    ],
-    { timeoutMs: 170_000 },
-  );
+  const r = await compileExecutable(join(dir, "pcoip-cmsg"), "pkgtest", 170_000);
   if (r.code !== 0) throw new Error(`bun build --compile exited ${r.code}: ${r.err}`);
   const cp = await sh(["cp", join(dir, "pcoip-cmsg"), join(dir, "pcoip-cmsg-baseline")]);
   if (cp.code !== 0) throw new Error(cp.err);

@@ -1,7 +1,12 @@
 /**
  * Runs a command of ours (the CLI from source, the compiled binary) the way an administrator would: a clean
  * environment, output captured, killed by its own handle when it overstays `timeoutMs` (the exit code says so).
+ * `compileExecutable` builds that binary the way scripts/build.ts does.
  */
+import { readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+
+const REPO = resolve(import.meta.dir, "../..");
 
 export interface Ran {
   readonly code: number;
@@ -22,12 +27,12 @@ export function cleanEnv(): Record<string, string> {
 
 export async function runCommand(
   argv: readonly string[],
-  o: { cwd?: string; timeoutMs?: number } = {},
+  o: { cwd?: string; timeoutMs?: number; stdin?: string } = {},
 ): Promise<Ran> {
   const proc = Bun.spawn([...argv], {
     ...(o.cwd ? { cwd: o.cwd } : {}),
     env: cleanEnv(),
-    stdin: "ignore",
+    stdin: o.stdin === undefined ? "ignore" : new TextEncoder().encode(o.stdin),
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -43,4 +48,28 @@ export async function runCommand(
     clearTimeout(timer);
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
   }
+}
+
+/**
+ * `bun build --compile` of src/main.ts into `outfile` with the flags of scripts/build.ts's compile() (default
+ * target only), stamped with package.json's version and `commit`.
+ */
+export function compileExecutable(outfile: string, commit: string, timeoutMs: number): Promise<Ran> {
+  const version = (JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string })
+    .version;
+  return runCommand(
+    [
+      process.execPath,
+      "build",
+      "--compile",
+      "--minify",
+      "--bytecode",
+      `--define=PCOIP_CMSG_VERSION=${JSON.stringify(version)}`,
+      `--define=PCOIP_CMSG_COMMIT=${JSON.stringify(commit)}`,
+      "src/main.ts",
+      "--outfile",
+      outfile,
+    ],
+    { cwd: REPO, timeoutMs },
+  );
 }
