@@ -15,6 +15,7 @@ import type { Subprocess } from "bun";
 import { writeUsersFile } from "../../src/cm/auth/local-users.ts";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
 import { sgEnv } from "../peers/appliance-session.ts";
+import { eachLine } from "../peers/lines.ts";
 import { runCommand } from "../peers/run-command.ts";
 import { testPki } from "../peers/test-certs.ts";
 
@@ -75,21 +76,6 @@ function spawnIn(ns: string, cmd: string[], stdin: "pipe" | "ignore" = "ignore")
   const p = Bun.spawn(["ip", "netns", "exec", ns, ...cmd], { stdin, stdout: "pipe", stderr: "pipe" });
   procs.push(p);
   return p;
-}
-
-/** Lines of a stream, to a callback. */
-async function eachLine(stream: ReadableStream<Uint8Array>, each: (line: string) => void): Promise<void> {
-  const dec = new TextDecoder();
-  let buf = "";
-  for await (const chunk of stream) {
-    buf += dec.decode(chunk, { stream: true });
-    let nl = buf.indexOf("\n");
-    while (nl >= 0) {
-      each(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-      nl = buf.indexOf("\n");
-    }
-  }
 }
 
 /** The client host: JSON commands in, JSON answers out (test/peers/lb-client-host.ts). */

@@ -17,6 +17,7 @@ import type { Subprocess } from "bun";
 import { hashPassword, writeUsersFile } from "../../src/cm/auth/local-users.ts";
 import { ensureAdminTokenFile, readAdminTokenFile } from "../../src/observability/admin-token.ts";
 import type { FakeAgent } from "./fake-agent.ts";
+import { eachLine } from "./lines.ts";
 import { cleanEnv } from "./run-command.ts";
 import { testPki } from "./test-certs.ts";
 
@@ -196,22 +197,8 @@ export async function startApplianceProcess(o: ApplianceProcessOptions = {}): Pr
         w.resolve(parsed);
       }
   };
-  const pump = async (stream: ReadableStream<Uint8Array>, each: (text: string) => void) => {
-    const dec = new TextDecoder();
-    let buf = "";
-    for await (const chunk of stream) {
-      buf += dec.decode(chunk, { stream: true });
-      let nl = buf.indexOf("\n");
-      while (nl >= 0) {
-        each(buf.slice(0, nl));
-        buf = buf.slice(nl + 1);
-        nl = buf.indexOf("\n");
-      }
-    }
-    if (buf) each(buf);
-  };
-  void pump(proc.stdout, onLine);
-  void pump(proc.stderr, (t) => {
+  void eachLine(proc.stdout, onLine);
+  void eachLine(proc.stderr, (t) => {
     errText += `${t}\n`;
   });
   const exited = proc.exited;
