@@ -18,10 +18,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runBundle } from "../../src/cli/bundle.ts";
 import { hostInstallDeps, type InstallDeps, runInstall } from "../../src/cli/install.ts";
-import type { CliIo } from "../../src/cli/io.ts";
 import { runStatus } from "../../src/cli/status.ts";
 import { type CommandRunner, runCommand } from "../../src/platform/host.ts";
 import { installLayout } from "../../src/platform/paths.ts";
+import { capturedIo } from "../peers/captured-io.ts";
 
 const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-bundle-test-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -33,20 +33,6 @@ const run: CommandRunner = async (cmd, args, opts) => {
   if (HOST_CHANGING.includes(cmd)) throw new Error(`test: ${cmd} must not run in a staged install`);
   return runCommand(cmd, args, opts);
 };
-
-function capture(): CliIo & { out: string; err: string } {
-  const c = {
-    out: "",
-    err: "",
-    stdout(t: string) {
-      c.out += t;
-    },
-    stderr(t: string) {
-      c.err += t;
-    },
-  };
-  return c;
-}
 
 const deps: InstallDeps = { ...hostInstallDeps(), run, interactive: false, ask: () => undefined };
 
@@ -69,7 +55,7 @@ function fakeBuild(version: string, withBaseline: boolean): string {
 
 async function makeBundle(version: string, withBaseline: boolean): Promise<string> {
   const out = join(work, `bundle-${version}.tar.gz`);
-  const io = capture();
+  const io = capturedIo();
   const code = await runBundle(["--binary", fakeBuild(version, withBaseline), "--output", out], io, run);
   expect(io.err).toBe("");
   expect(code).toBe(0);
@@ -110,7 +96,7 @@ describe("dark-site bundle", () => {
   });
 
   test("installs offline from the archive", async () => {
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -144,7 +130,7 @@ describe("dark-site bundle", () => {
       key: readFileSync(layout.disk.keyFile, "utf8"),
     };
     const dir = extract(await makeBundle("1.1.0", false), join(work, "x2"));
-    const io = capture();
+    const io = capturedIo();
     // No flags but the bundle: the required values come from the installed configuration.
     const code = await runInstall(
       ["--root", root, "--darksite-bundle-path", dir, "--ignore-disk-req"],
@@ -164,7 +150,7 @@ describe("dark-site bundle", () => {
     expect(io.out).toContain("previous executable kept for rollback");
     expect(io.out).toContain("drain");
 
-    const st = capture();
+    const st = capturedIo();
     expect(await runStatus(["--root", root], st, { run, systemdRunning: () => true })).toBe(3);
     expect(st.out).toContain("1.1.0");
     expect(st.out).toContain("pcoip-cmsg.previous (1.0.0)");
@@ -175,7 +161,7 @@ describe("dark-site bundle", () => {
     const dir = extract(join(work, "bundle-1.0.0.tar.gz"), join(work, "tampered"));
     writeFileSync(join(dir, "pcoip-cmsg"), "#!/bin/sh\necho owned\n");
     const fresh = join(work, "stage-tampered");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -204,7 +190,7 @@ describe("dark-site bundle", () => {
     expect(
       Bun.spawnSync(["tar", "-czf", archive, "-C", join(work, "tampered2"), "pcoip-cmsg-bundle"]).exitCode,
     ).toBe(0);
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -228,7 +214,7 @@ describe("dark-site bundle", () => {
     const dir = extract(join(work, "bundle-1.0.0.tar.gz"), join(work, "x3"));
     const stage = join(work, "stage-baseline");
     cpSync(dir, join(work, "x3-copy"), { recursive: true });
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -258,7 +244,7 @@ describe("dark-site bundle", () => {
       Buffer.concat([Buffer.from([0xed, 0xab, 0xee, 0xdb]), Buffer.from("stand-in payload")]),
     );
     const out = join(work, "bundle-rpm.tar.gz");
-    const io = capture();
+    const io = capturedIo();
     const code = await runBundle(
       [
         "--binary",
@@ -282,7 +268,7 @@ describe("dark-site bundle", () => {
       "dnf install --disablerepo='*' ./pcoip-cmsg-bundle/pcoip-cmsg-1.0.0-1.x86_64.rpm",
     );
     const stage = join(work, "stage-rpm");
-    const inst = capture();
+    const inst = capturedIo();
     const installed = await runInstall(
       [
         "--root",
@@ -307,7 +293,7 @@ describe("dark-site bundle", () => {
   test("--pcoip-cmsg-rpm-path refuses a file that is not our RPM", async () => {
     const bogus = join(work, "pcoip-cmsg-9.rpm");
     writeFileSync(bogus, "not an rpm");
-    const io = capture();
+    const io = capturedIo();
     const code = await runBundle(
       [
         "--binary",

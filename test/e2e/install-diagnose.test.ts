@@ -10,11 +10,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hostDiagnoseDeps, runDiagnose } from "../../src/cli/diagnose.ts";
 import { hostInstallDeps, runInstall } from "../../src/cli/install.ts";
-import type { CliIo } from "../../src/cli/io.ts";
 import { type AdminServer, startAdminServer } from "../../src/observability/health.ts";
 import { createMetricsRegistry } from "../../src/observability/metrics.ts";
 import { portFree } from "../../src/platform/host.ts";
 import { installLayout } from "../../src/platform/paths.ts";
+import { capturedIo } from "../peers/captured-io.ts";
 
 const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-diagnose-"));
 const root = join(work, "stage");
@@ -25,20 +25,6 @@ const SECRETS = {
   proxyUrlPassword: "planted-url-pass-55d0",
   ldapPassword: "planted-ldap-pass-0b77",
 };
-
-function capture(): CliIo & { out: string; err: string } {
-  const c = {
-    out: "",
-    err: "",
-    stdout(t: string) {
-      c.out += t;
-    },
-    stderr(t: string) {
-      c.err += t;
-    },
-  };
-  return c;
-}
 
 async function freePort(): Promise<number> {
   for (let p = 20000 + Math.floor(Math.random() * 30000); ; p++)
@@ -65,7 +51,7 @@ let sgPort = 0;
 beforeAll(async () => {
   // A staged installation (config only), then the config pointed at loopback ports and planted secrets.
   writeFileSync(join(work, "pp"), `${SECRETS.proxyPassword}\n`);
-  const again = capture();
+  const again = capturedIo();
   expect(
     await runInstall(
       [
@@ -193,7 +179,7 @@ describe("diagnose", () => {
   let code = -1;
 
   test("runs and exits non-zero because of FAILs", async () => {
-    const io = capture();
+    const io = capturedIo();
     code = await runDiagnose(
       ["--root", root, "--agent", `127.0.0.1:${weakAgent}`, "--timeout", "3"],
       io,
@@ -241,7 +227,7 @@ describe("diagnose", () => {
 describe("diagnose --support-bundle", () => {
   test("holds version, redacted config, certificate summaries and the diagnose output — and no secret", async () => {
     const archive = join(work, "support.tar.gz");
-    const io = capture();
+    const io = capturedIo();
     await runDiagnose(
       ["--root", root, "--support-bundle", "--output", archive, "--timeout", "2"],
       io,

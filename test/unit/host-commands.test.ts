@@ -12,23 +12,10 @@ import { stripDockerFlags } from "../../src/cli/vendor-flags.ts";
 import { noDesktopsAdvice } from "../../src/config/advice.ts";
 import type { CommandRunner } from "../../src/platform/host.ts";
 import { applySysctl, parseSysctlConf } from "../../src/platform/sysctl.ts";
+import { capturedIo } from "../peers/captured-io.ts";
 
 const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-hostcmd-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-function capture() {
-  const c = {
-    out: "",
-    err: "",
-    stdout: (t: string) => {
-      c.out += t;
-    },
-    stderr: (t: string) => {
-      c.err += t;
-    },
-  };
-  return c;
-}
 
 const noSystemctl: CommandRunner = async () => {
   throw new Error("test: systemctl must not be asked when --pid is given");
@@ -38,7 +25,7 @@ describe("reload", () => {
   // Claim: SIGHUP goes to the given PID only when it is a `pcoip-cmsg run` process.
   test("signals a pcoip-cmsg run process given by --pid", async () => {
     const sent: number[] = [];
-    const io = capture();
+    const io = capturedIo();
     const code = await runReload(["--pid", "4242"], io, {
       run: noSystemctl,
       signal: (pid) => void sent.push(pid),
@@ -55,19 +42,19 @@ describe("reload", () => {
       signal: (pid: number) => void sent.push(pid),
       cmdline: () => cmd,
     });
-    const other = capture();
+    const other = capturedIo();
     expect(await runReload(["--pid", "77"], other, deps("/usr/sbin/sshd -D"))).toBe(1);
     expect(other.err).toContain("not a `pcoip-cmsg run` process");
-    const gone = capture();
+    const gone = capturedIo();
     expect(await runReload(["--pid", "78"], gone, deps(undefined))).toBe(3);
     expect(gone.err).toContain("no process 78");
-    const bad = capture();
+    const bad = capturedIo();
     expect(await runReload(["--pid", "1"], bad, deps("x"))).toBe(2);
     expect(sent).toEqual([]);
   });
 
   test("without --pid asks systemd; a stopped service is said so", async () => {
-    const io = capture();
+    const io = capturedIo();
     const code = await runReload([], io, {
       run: async (cmd, args) => {
         expect([cmd, ...args].join(" ")).toBe("systemctl show --property=MainPID --value pcoip-cmsg");

@@ -12,6 +12,7 @@ import { hostInstallDeps, runInstall } from "../../src/cli/install.ts";
 import { runUninstall } from "../../src/cli/uninstall.ts";
 import { type CommandRunner, runCommand } from "../../src/platform/host.ts";
 import { installLayout } from "../../src/platform/paths.ts";
+import { capturedIo } from "../peers/captured-io.ts";
 
 const PACKAGING = join(import.meta.dir, "../../packaging");
 const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-packaged-"));
@@ -31,20 +32,6 @@ const run: CommandRunner = async (cmd, args, opts) => {
   if (HOST_CHANGING.includes(cmd)) throw new Error(`test: ${cmd} must not run in a staged install`);
   return runCommand(cmd, args, opts);
 };
-
-function capture() {
-  const c = {
-    out: "",
-    err: "",
-    stdout: (t: string) => {
-      c.out += t;
-    },
-    stderr: (t: string) => {
-      c.err += t;
-    },
-  };
-  return c;
-}
 
 /** What the deb leaves on disk before `pcoip-cmsg-setup install` runs. */
 function packageTree(root: string): void {
@@ -78,7 +65,7 @@ describe("install and uninstall over the packages", () => {
 
   // Claim: the package's comment-only config is not an installed configuration: --accept-policies is still asked.
   test("the package's empty config does not accept the policies", async () => {
-    const io = capture();
+    const io = capturedIo();
     expect(await runInstall(["--root", root, ...flags], io, deps)).toBe(2);
     expect(io.err).toContain("--accept-policies");
   });
@@ -87,7 +74,7 @@ describe("install and uninstall over the packages", () => {
   // forwarding (the SG may be off), so install writes /etc/sysctl.d/90-pcoip-cmsg.conf: the package's settings plus
   // net.ipv4.ip_forward = 1 (it masks the package's), and applies that one.
   test("configures and starts the package's unit without copying an executable or a unit", async () => {
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(["--root", root, "--accept-policies", ...flags], io, deps);
     expect(io.err).not.toContain("failed");
     expect(code).toBe(0);
@@ -107,7 +94,7 @@ describe("install and uninstall over the packages", () => {
   }, 30_000);
 
   test("uninstall leaves the package's files and names the package command", async () => {
-    const io = capture();
+    const io = capturedIo();
     expect(await runUninstall(["--root", root], io, { run, systemdRunning: () => true })).toBe(0);
     expect(io.out).toContain("come from the deb package: remove it with apt remove pcoip-cmsg");
     expect(existsSync(join(root, "usr/share/pcoip-cmsg/packaged"))).toBe(true);

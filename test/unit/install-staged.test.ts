@@ -21,7 +21,6 @@ import { join } from "node:path";
 import { EMBEDDED_UNIT } from "../../src/cli/bundle.ts";
 import { runConfigure } from "../../src/cli/configure.ts";
 import { hostInstallDeps, type InstallDeps, runInstall } from "../../src/cli/install.ts";
-import type { CliIo } from "../../src/cli/io.ts";
 import { adminEndpointFor } from "../../src/cli/status.ts";
 import { runUninstall } from "../../src/cli/uninstall.ts";
 import { loadConfig } from "../../src/config/load.ts";
@@ -29,6 +28,7 @@ import { type CommandRunner, type PortProbe, runCommand } from "../../src/platfo
 import { installLayout } from "../../src/platform/paths.ts";
 import { parseSysctlConf } from "../../src/platform/sysctl.ts";
 import { loadCertificatePair } from "../../src/tls/certs.ts";
+import { capturedIo } from "../peers/captured-io.ts";
 
 const work = mkdtempSync(join(tmpdir(), "pcoip-cmsg-install-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -46,20 +46,6 @@ function recorder(): { run: CommandRunner; ran: string[] } {
       return runCommand(cmd, args, opts);
     },
   };
-}
-
-function capture(): CliIo & { out: string; err: string } {
-  const c = {
-    out: "",
-    err: "",
-    stdout(t: string) {
-      c.out += t;
-    },
-    stderr(t: string) {
-      c.err += t;
-    },
-  };
-  return c;
 }
 
 function deps(run: CommandRunner): InstallDeps {
@@ -81,7 +67,7 @@ describe("install --root (staged)", () => {
   writeFileSync(passwordFile, "pr0xy-S3cret\n");
   const binary = fakeBinary("9.9.9");
   const rec = recorder();
-  const io = capture();
+  const io = capturedIo();
   let code = -1;
   const layout = installLayout(root);
 
@@ -195,7 +181,7 @@ describe("install --root (staged)", () => {
     );
     const licenseFile = join(work, "license.pem");
     writeFileSync(licenseFile, "not a real license certificate\n");
-    const out = capture();
+    const out = capturedIo();
     const rc = await runConfigure(
       [
         "--root",
@@ -226,7 +212,7 @@ describe("install --root (staged)", () => {
     expect(out.err).toContain("does not cover cm2.example.net");
     expect(out.err).toContain("no effect");
     // Deterministic: the same edit again changes nothing.
-    const again = capture();
+    const again = capturedIo();
     const before = readFileSync(layout.disk.configFile, "utf8");
     expect(
       await runConfigure(["--root", root, "--broker-url", "https://broker.example:8443"], again, {
@@ -249,14 +235,14 @@ describe("install --root (staged)", () => {
       ok: true,
       config: { sg: { udpFastPath: "off" } },
     });
-    const out = capture();
+    const out = capturedIo();
     expect(await runConfigure(["--root", root], out, { run: rec.run, systemdRunning: () => true })).toBe(0);
     expect(out.out).toContain("net.ipv4.ip_forward = 1 removed");
     const removed = readFileSync(layout.disk.sysctlFile, "utf8");
     expect(removed).not.toContain("ip_forward");
     expect(removed).not.toContain("admitted session's media");
     expect(removed).toMatch(/^net\.core\.rmem_default = \d+$/m);
-    const again = capture();
+    const again = capturedIo();
     const code = await runInstall(
       ["--root", root, "--binary", fakeBinary("9.9.9"), "--ignore-disk-req"],
       again,
@@ -269,7 +255,7 @@ describe("install --root (staged)", () => {
   }, 30_000);
 
   test("uninstall removes the service files and keeps config; --purge removes the rest", async () => {
-    const out = capture();
+    const out = capturedIo();
     expect(await runUninstall(["--root", root], out, { run: rec.run, systemdRunning: () => true })).toBe(0);
     expect(existsSync(layout.disk.binary)).toBe(false);
     expect(existsSync(layout.disk.unitFile)).toBe(false);
@@ -277,7 +263,7 @@ describe("install --root (staged)", () => {
     expect(existsSync(layout.disk.configFile)).toBe(true);
     expect(existsSync(layout.disk.certFile)).toBe(true);
     expect(out.out).toContain("firewall-cmd --permanent --remove-port=443/tcp");
-    const purge = capture();
+    const purge = capturedIo();
     expect(
       await runUninstall(["--root", root, "--purge"], purge, { run: rec.run, systemdRunning: () => true }),
     ).toBe(0);
@@ -290,7 +276,7 @@ describe("install --root (staged)", () => {
 describe("install refusals", () => {
   test("without a terminal, every missing required value is listed and nothing is written", async () => {
     const root = join(work, "missing");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       ["--root", root, "--ignore-disk-req", "--binary", fakeBinary("1.0.0")],
       io,
@@ -310,7 +296,7 @@ describe("install refusals", () => {
     const root = join(work, "asked");
     const answers = ["y", "not-an-ip", "203.0.113.44", ""];
     const questions: string[] = [];
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       ["--root", root, "--ignore-disk-req", "--config-only", "--host-address", "cm.example.org"],
       io,
@@ -334,7 +320,7 @@ describe("install refusals", () => {
 
   test("declining the policies on the terminal stops with nothing written", async () => {
     const root = join(work, "declined");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(["--root", root, "--config-only"], io, {
       ...deps(recorder().run),
       interactive: true,
@@ -347,7 +333,7 @@ describe("install refusals", () => {
 
   test("the SG disabled needs no external address", async () => {
     const root = join(work, "nosg");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -367,7 +353,7 @@ describe("install refusals", () => {
 
   test("--docker-* and --compose-file are answered, not refused", async () => {
     const root = join(work, "docker");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -414,7 +400,7 @@ describe("install refusals", () => {
     ]);
     expect(r.exitCode).toBe(0);
     const root = join(work, "weak");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -442,7 +428,7 @@ describe("install refusals", () => {
   });
 
   test("--self-signed with --ssl-cert is a conflict", async () => {
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -466,7 +452,7 @@ describe("install refusals", () => {
   });
 
   test("an unknown flag gets a did-you-mean", async () => {
-    const io = capture();
+    const io = capturedIo();
     expect(await runInstall(["--external-pcoip", "1.2.3.4"], io, deps(recorder().run))).toBe(2);
     expect(io.err).toContain("did you mean --external-pcoip-ip");
   });
@@ -488,7 +474,7 @@ const GB = 1024 ** 3;
 describe("the staged installation runs", () => {
   const root = join(work, "stage-run");
   const layout = installLayout(root);
-  const io = capture();
+  const io = capturedIo();
   let code = -1;
 
   test("staged install on a small host: low disk with --ignore-disk-req and low memory are warnings only", async () => {
@@ -613,7 +599,7 @@ describe("the staged installation runs", () => {
 describe("install pre-checks (injected host)", () => {
   test("too little disk without --ignore-disk-req is refused with the 10 GB rule; nothing is written", async () => {
     const root = join(work, "small-disk");
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       [
         "--root",
@@ -660,7 +646,7 @@ describe("install pre-checks (injected host)", () => {
       "/etc/sysctl.d/90-pcoip-cmsg.conf",
     ];
     const before = watched.map((f) => existsSync(f));
-    const io = capture();
+    const io = capturedIo();
     const code = await runInstall(
       ["--accept-policies", "--external-pcoip-ip", "203.0.113.9", "--self-signed", "--binary", binary],
       io,
