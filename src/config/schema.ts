@@ -151,6 +151,17 @@ function oneOf<const T extends readonly [string, ...string[]]>(values: T, def: T
 
 const stringList = <T extends z.ZodType>(element: T) => z.array(element, { error: MSG.list });
 
+/** A list of IPs/CIDRs, each checked as compileTrustedProxies reads it (its error, via `message`, names the bad one). */
+function addressList(message: (cause: string) => string = (m) => m) {
+  return stringList(z.string({ error: MSG.string })).superRefine((list, ctx) => {
+    try {
+      compileTrustedProxies(list);
+    } catch (e) {
+      ctx.addIssue({ code: "custom", message: message((e as Error).message) });
+    }
+  });
+}
+
 function unique(list: readonly string[], ctx: z.RefinementCtx, what: string): void {
   const seen = new Set<string>();
   list.forEach((v, i) => {
@@ -295,15 +306,7 @@ const cm = section("cm", {
   agentTimeoutSeconds: int(20, 1, 300, "Longest wait for an agent's launch-session answer."),
   // PROXY protocol (issue 19): an L4 balancer passing TLS through names the client in a header.
   proxyProtocolFrom: doc(
-    stringList(z.string({ error: MSG.string }))
-      .superRefine((list, ctx) => {
-        try {
-          compileTrustedProxies(list);
-        } catch (e) {
-          ctx.addIssue({ code: "custom", message: (e as Error).message.replace("trusted proxy", "entry") });
-        }
-      })
-      .default([]),
+    addressList((m) => m.replace("trusted proxy", "entry")).default([]),
     "Balancers that must start each connection on listen and redirectListen with a PROXY protocol header " +
       "(v1 or v2) naming the client; no other peer may send one. [] = no PROXY protocol.",
     'IPs or CIDRs, e.g. "10.0.0.5"',
@@ -460,15 +463,7 @@ const sg = section("sg", {
     "list of ports 1–65535",
   ),
   agentNetworks: doc(
-    stringList(z.string({ error: MSG.string }))
-      .superRefine((list, ctx) => {
-        try {
-          compileTrustedProxies(list);
-        } catch (e) {
-          ctx.addIssue({ code: "custom", message: (e as Error).message });
-        }
-      })
-      .default([...DEFAULT_AGENT_NETWORKS]),
+    addressList().default([...DEFAULT_AGENT_NETWORKS]),
     "With an upstream broker: networks the agents' addresses must lie in (built-in broker: the desktop's own agent).",
     'CIDRs, e.g. "10.0.0.0/8"; loopback only if added, e.g. "127.0.0.0/8"',
   ),
@@ -591,15 +586,7 @@ export const configSchema = z
       "Domains offered to clients in hello-resp.",
     ),
     trustedProxies: doc(
-      stringList(z.string({ error: MSG.string }))
-        .superRefine((list, ctx) => {
-          try {
-            compileTrustedProxies(list);
-          } catch (e) {
-            ctx.addIssue({ code: "custom", message: (e as Error).message });
-          }
-        })
-        .default([]),
+      addressList().default([]),
       "Load balancers whose X-Forwarded-For is believed.",
       'IPs or CIDRs, e.g. "10.0.0.0/8"',
     ),
