@@ -8,7 +8,7 @@ import type { Config } from "../config/schema.ts";
 import { effectiveListeners, parseListen } from "../config/schema.ts";
 import { compileTrustedProxies, type TrustedProxies } from "../net/client-address.ts";
 import { type ConnectionGuard, createConnectionGuard } from "../net/connection-guard.ts";
-import { type ConnInfo, type Http1Server, startHttp1Server } from "../net/http1.ts";
+import { type ConnInfo, type Http1Server, type Http1ServerOptions, startHttp1Server } from "../net/http1.ts";
 import type { Logger } from "../observability/log.ts";
 import type { MetricsRegistry } from "../observability/metrics.ts";
 import type { DescriptorBudget } from "../sg/limits.ts";
@@ -87,12 +87,7 @@ export class FrontDoors {
         port: a.port,
         tls: serverTls({ chainPem: pair.chainPem, key: pair.key, suites: config.tls.ciphers }),
         fetch: (req, info) => this.#d.cm.fetch(req, info),
-        limits: frontDoorLimits(config),
-        maxConnections: config.cm.maxConnections,
-        descriptors: this.#d.descriptors,
-        guard: this.#guard,
-        proxyProtocolFrom: this.#proxyProtocolFrom,
-        onRefused: this.#onProxyRefused,
+        ...this.#policy(config),
         onError: (err) => this.#d.log.error({ err: String(err) }, "front door: request handler failed"),
       });
       this.cm.set(entry, s);
@@ -100,6 +95,18 @@ export class FrontDoors {
     } catch (e) {
       return listenProblem("cm.listen", entry, e);
     }
+  }
+
+  /** What the CM's TLS listeners and its plain-HTTP redirect share: limits, caps, the guard and PROXY protocol. */
+  #policy(config: Config) {
+    return {
+      limits: frontDoorLimits(config),
+      maxConnections: config.cm.maxConnections,
+      descriptors: this.#d.descriptors,
+      guard: this.#guard,
+      proxyProtocolFrom: this.#proxyProtocolFrom,
+      onRefused: this.#onProxyRefused,
+    } satisfies Partial<Http1ServerOptions>;
   }
 
   openRedirect(entry: string): ListenProblem | undefined {
@@ -122,12 +129,7 @@ export class FrontDoors {
           hostname: a.hostname,
           port: a.port,
           fetch: (req, info) => app.fetch(req, info),
-          limits: frontDoorLimits(config),
-          maxConnections: config.cm.maxConnections,
-          descriptors: this.#d.descriptors,
-          guard: this.#guard,
-          proxyProtocolFrom: this.#proxyProtocolFrom,
-          onRefused: this.#onProxyRefused,
+          ...this.#policy(config),
         }),
       );
       return undefined;
