@@ -6,6 +6,8 @@
  *   udp-load mode=open   target=IP:PORT flows=500 mbps=365 size=1200 seconds=5 [warmup-ms=1000 drain-ms=400]
  *            [src-ips=N: flow i sends from 127.1.0.(1 + i % N), as many clients would; src-base=A.B.C.0 moves
  *             that base, e.g. 198.18.1.0 in the three-namespace bench]
+ *            [src-port=P: flow i sends from port P + i (with src-ips), so a later run is the same flows: sessions
+ *             an SG bound in an earlier run stay bound, as a real SG's long-lived sessions are]
  *     Paced: `mbps` of datagrams offered toward the target, round-robin over the flows; the target (an echo, or
  *     the SG in front of one) sends each back, so the same load also flows the other way. Prints loss and the
  *     round-trip distribution.
@@ -42,6 +44,7 @@ typedef struct {
   int window;
   int warmup_ms;
   int src_ips; /* 0: the kernel picks the source (127.0.0.1); N: flows spread over 127.1.0.1..N */
+  int src_port; /* 0: the kernel picks each flow's port; P: flow i binds P + i (with src-ips) */
   uint32_t src_base; /* host order; default 127.1.0.0 (src-base=198.18.1.0 inside the bench's namespaces) */
   int drain_ms;
 } config_t;
@@ -102,6 +105,7 @@ static void parse_args(int argc, char **argv, config_t *c) {
     else if (!strcmp(k, "warmup-ms")) c->warmup_ms = atoi(v);
     else if (!strcmp(k, "drain-ms")) c->drain_ms = atoi(v);
     else if (!strcmp(k, "src-ips")) c->src_ips = atoi(v);
+    else if (!strcmp(k, "src-port")) c->src_port = atoi(v);
     else if (!strcmp(k, "src-base")) {
       struct sockaddr_storage b;
       loopback_addr(v, 0, &b); /* the same address rule as the target */
@@ -132,7 +136,7 @@ static int open_flows(const config_t *c) {
     setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     if (c->src_ips > 0 && c->target.ss_family == AF_INET) {
       /* Flow i comes from 127.1.0.(1 + i % src_ips): many clients, as an SG sees them, not all one IP. */
-      struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = 0};
+      struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(c->src_port ? c->src_port + i : 0))};
       src.sin_addr.s_addr = htonl(c->src_base + (uint32_t)(1 + i % c->src_ips));
       if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) die("bind src-ips");
     }

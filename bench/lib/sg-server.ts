@@ -23,20 +23,15 @@
  * where `cm-start` starts the real CM plane: that is the hook for "SG UDP during 200 logins/s on the CM".
  */
 import pino from "pino";
-import { createAgentClient } from "../../src/cm/agent-client.ts";
-import { compileAgentTargets } from "../../src/cm/agent-targets.ts";
-import { createUpstreamBroker } from "../../src/cm/brokers/upstream.ts";
-import { createCmApp } from "../../src/cm/server.ts";
-import { compileTrustedProxies } from "../../src/net/client-address.ts";
 import { startHttp1Server } from "../../src/net/http1.ts";
 import { createLogger } from "../../src/observability/log.ts";
-import { createSessionGateway } from "../../src/platform/session-gateway.ts";
 import { buildGetResourceListResp, parseClientRequest } from "../../src/protocol/broker.ts";
 import type { GetResourceListResp } from "../../src/protocol/types.ts";
 import { createAdmissions } from "../../src/sg/admissions.ts";
 import { createRelayLimits } from "../../src/sg/limits.ts";
 import { startTcpRelay } from "../../src/sg/tcp-relay.ts";
 import { startUdpRelay } from "../../src/sg/udp-relay.ts";
+import { startRealCm } from "./real-cm.ts";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -117,7 +112,7 @@ async function handle(msg: Record<string, unknown>): Promise<Record<string, unkn
       };
     }
     case "cm-start": {
-      if (msg.brokerUrl) return startRealCm(msg);
+      if (msg.brokerUrl) return startCm(msg);
       const server = startHttp1Server({
         hostname: "127.0.0.1",
         port: 0,
@@ -142,57 +137,20 @@ async function handle(msg: Record<string, unknown>): Promise<Record<string, unkn
 }
 
 /** The real CM in this event loop, as src/platform/cm-plane.ts builds it for an upstream broker. */
-async function startRealCm(msg: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const ca = await Bun.file(String(msg.ca)).text();
-  const self = {
-    productName: "pcoip-cmsg Connection Manager",
-    productVersion: "bench",
-    platform: `${process.platform} ${process.arch}`,
-    locale: "en_US",
-    ipAddress: "127.0.0.1",
-    hostname: "localhost",
-  };
-  const up = createUpstreamBroker({
+async function startCm(msg: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const r = await startRealCm({
+    log,
+    admissions,
+    external: { ip: "127.0.0.1", port: tcp.ports[0] ?? 4172 },
+    cert: String(msg.cert),
+    key: String(msg.key),
+    ca: String(msg.ca),
     brokerUrl: String(msg.brokerUrl),
-    brokerCertCheck: true,
-    caCertPem: ca,
-    env: {},
-    pcmInfo: self,
     agentPort: Number(msg.agentPort ?? 60443),
   });
-  if (!up.ok) return { ok: false, error: `upstream broker: ${JSON.stringify(up.error)}` };
-  const app = createCmApp({
-    log,
-    broker: up.broker,
-    agentClient: createAgentClient({ timeoutMs: 20_000 }),
-    // As appliance.ts: allocations admit the session in this SG.
-    gateway: createSessionGateway({
-      admissions,
-      externalAddressFor: () => ({ ip: "127.0.0.1", port: tcp.ports[0] ?? 4172 }),
-    }),
-    // The bench's agents answer 127.0.0.1:4172 (loopback is never in sg.agentNetworks by default).
-    agentTargets: compileAgentTargets({ networks: ["127.0.0.0/8", "::1/128"] }),
-    trustedProxies: compileTrustedProxies([]),
-    // One load generator at one address stands for many clients at many: the per-IP caps (issue 16) are lifted.
-    limits: {
-      maxConcurrentEstablishments: 2000,
-      maxPreSessionsPerIp: 1_000_000,
-      maxPasswordChecksPerIp: 10_000,
-    },
-  });
-  const server = startHttp1Server({
-    hostname: "127.0.0.1",
-    port: 0,
-    tls: { cert: await Bun.file(String(msg.cert)).text(), key: await Bun.file(String(msg.key)).text() },
-    fetch: app.fetch,
-  });
-  cm = {
-    stop(opts) {
-      server.stop(opts);
-      void app.close();
-    },
-  };
-  return { ok: true, port: server.port };
+  if (!r.ok) return r;
+  cm = r.cm;
+  return { ok: true, port: r.cm.port };
 }
 
 let stopping = false;
