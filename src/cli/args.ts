@@ -9,6 +9,8 @@
  * // { ok: true, args: { flags: Map { "config" => "/etc/x.toml" }, positional: ["check"] } }
  */
 import { nearest } from "../config/keys.ts";
+import { PRODUCT_NAME } from "../version.ts";
+import type { CliIo } from "./io.ts";
 
 export interface FlagSpec {
   /** Without the dashes: "broker-url". */
@@ -117,4 +119,27 @@ export function formatFlags(specs: readonly FlagSpec[]): string {
   });
   const width = Math.min(44, Math.max(0, ...rows.map(([l]) => l.length)));
   return rows.map(([l, h]) => `  ${l.padEnd(width)}  ${h}`).join("\n");
+}
+
+/**
+ * Parses a command's argv and answers the two cases every command answers alike: a bad flag (the error, then the
+ * help, on stderr: exit code 2) and --help (the help on stdout: 0). Returns that exit code, or the parsed args.
+ */
+export function parseCommandArgs(
+  command: string,
+  argv: readonly string[],
+  specs: readonly FlagSpec[],
+  help: string,
+  io: CliIo,
+): ParsedArgs | number {
+  const parsed = parseArgs(argv, specs);
+  if (!parsed.ok) {
+    io.stderr(`${PRODUCT_NAME} ${command}: ${parsed.error}\n\n${help}`);
+    return 2;
+  }
+  if (flagBool(parsed.args, "help") === true) {
+    io.stdout(help);
+    return 0;
+  }
+  return parsed.args;
 }

@@ -10,7 +10,7 @@ import { describeKeys, type KeyInfo, loadConfig, nearest } from "../config/load.
 import type { Config } from "../config/schema.ts";
 import { tls13Note, validateCipherList } from "../tls/policy.ts";
 import { explainTrust, outgoingChecks } from "../tls/provision.ts";
-import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagBool, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import type { CliIo } from "./io.ts";
 
 export const DEFAULT_CONFIG_FILE = "/etc/pcoip-cmsg/pcoip-cmsg.toml";
@@ -81,22 +81,15 @@ export async function runConfigCommand(
 }
 
 function check(argv: string[], io: CliIo, env: Readonly<Record<string, string | undefined>>): number {
-  const parsed = parseArgs(argv, CHECK_FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`pcoip-cmsg config check: ${parsed.error}\n\n${CHECK_HELP}`);
-    return 2;
-  }
-  if (flagBool(parsed.args, "help")) {
-    io.stdout(CHECK_HELP);
-    return 0;
-  }
-  if (parsed.args.positional.length > 0) {
+  const args = parseCommandArgs("config check", argv, CHECK_FLAGS, CHECK_HELP, io);
+  if (typeof args === "number") return args;
+  if (args.positional.length > 0) {
     io.stderr(
-      `pcoip-cmsg config check: unexpected "${parsed.args.positional[0]}": name the file with --config FILE\n`,
+      `pcoip-cmsg config check: unexpected "${args.positional[0]}": name the file with --config FILE\n`,
     );
     return 2;
   }
-  const file = flagString(parsed.args, "config") ?? DEFAULT_CONFIG_FILE;
+  const file = flagString(args, "config") ?? DEFAULT_CONFIG_FILE;
   const r = loadConfig({ file, env, strict: true });
   const errors = r.ok ? [] : [...r.errors];
   const warnings = [...r.warnings];
@@ -141,16 +134,9 @@ export function agentTargetsNote(c: Readonly<Config>): string {
 }
 
 function schema(argv: string[], io: CliIo): number {
-  const parsed = parseArgs(argv, SCHEMA_FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`pcoip-cmsg config schema: ${parsed.error}\n\n${SCHEMA_HELP}`);
-    return 2;
-  }
-  if (flagBool(parsed.args, "help")) {
-    io.stdout(SCHEMA_HELP);
-    return 0;
-  }
-  io.stdout(flagBool(parsed.args, "json") ? `${JSON.stringify(describeKeys(), null, 2)}\n` : renderSchema());
+  const args = parseCommandArgs("config schema", argv, SCHEMA_FLAGS, SCHEMA_HELP, io);
+  if (typeof args === "number") return args;
+  io.stdout(flagBool(args, "json") ? `${JSON.stringify(describeKeys(), null, 2)}\n` : renderSchema());
   return 0;
 }
 

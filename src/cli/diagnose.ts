@@ -58,7 +58,7 @@ import { describeCertificates, loadCertificatePair, MIN_RSA_BITS } from "../tls/
 import { SG_SUITES_NOTE, tls13Note } from "../tls/policy.ts";
 import { explainTrust, outgoingChecks, trustedCaFile } from "../tls/provision.ts";
 import { COMMIT, PRODUCT_NAME, VERSION } from "../version.ts";
-import { type FlagSpec, flagBool, flagList, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagBool, flagList, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import { parseEnvFile } from "./configure.ts";
 import { firewallPorts, listeners, SOCKET_BUFFER_BYTES } from "./install.ts";
 import type { CliIo, CommandMain } from "./io.ts";
@@ -1155,16 +1155,8 @@ ${formatFlags(FLAGS)}
 export const diagnoseCommand: CommandMain = (argv, io) => runDiagnose(argv, io, hostDiagnoseDeps());
 
 export async function runDiagnose(argv: string[], io: CliIo, deps: DiagnoseDeps): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} diagnose: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  const args = parsed.args;
-  if (args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
+  const args = parseCommandArgs("diagnose", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
   const timeoutText = flagString(args, "timeout");
   const timeout = timeoutText === undefined ? 5 : Number(timeoutText);
   if (!Number.isFinite(timeout) || timeout <= 0 || timeout > 120) {

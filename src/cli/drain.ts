@@ -5,7 +5,7 @@
  * (POST /drain, POST /resume, with the admin token when one is set), read from the configuration file.
  */
 import { PRODUCT_NAME } from "../version.ts";
-import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagBool, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import { DEFAULT_CONFIG_FILE } from "./config.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 import { type AdminEndpoint, adminEndpointOf, adminRequest } from "./status.ts";
@@ -61,18 +61,11 @@ export const drainCommand: CommandMain = (argv, io) => drainOrResume("drain", ar
 export const resumeCommand: CommandMain = (argv, io) => drainOrResume("resume", argv, io);
 
 async function drainOrResume(verb: "drain" | "resume", argv: string[], io: CliIo): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} ${verb}: ${parsed.error}\n\n${help(verb)}`);
-    return 2;
-  }
-  if (flagBool(parsed.args, "help") === true) {
-    io.stdout(help(verb));
-    return 0;
-  }
-  const file = flagString(parsed.args, "config") ?? DEFAULT_CONFIG_FILE;
+  const args = parseCommandArgs(verb, argv, FLAGS, help(verb), io);
+  if (typeof args === "number") return args;
+  const file = flagString(args, "config") ?? DEFAULT_CONFIG_FILE;
   const fromFile = adminEndpointOf(file);
-  const admin: AdminEndpoint = { ...fromFile, listen: flagString(parsed.args, "admin") ?? fromFile.listen };
+  const admin: AdminEndpoint = { ...fromFile, listen: flagString(args, "admin") ?? fromFile.listen };
   const r = await adminRequest(admin, "POST", `/${verb}`);
   if (!r.ok) {
     io.stderr(
@@ -102,8 +95,8 @@ async function drainOrResume(verb: "drain" | "resume", argv: string[], io: CliIo
   io.stdout(
     `draining: the health check answers 503 and new sessions are refused; ${live} live session(s) continue\n`,
   );
-  if (flagBool(parsed.args, "wait") !== true) return 0;
-  const timeoutS = Number(flagString(parsed.args, "timeout") ?? "3600");
+  if (flagBool(args, "wait") !== true) return 0;
+  const timeoutS = Number(flagString(args, "timeout") ?? "3600");
   const deadline = Date.now() + (Number.isFinite(timeoutS) && timeoutS > 0 ? timeoutS : 3600) * 1000;
   let last = live;
   while (last > 0) {

@@ -8,7 +8,7 @@ import { loadConfig } from "../config/load.ts";
 import { effectiveListeners, parseListen } from "../config/schema.ts";
 import { cleanupKernelPath } from "../sg/kernel/fastpath.ts";
 import { PRODUCT_NAME } from "../version.ts";
-import { type FlagSpec, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import type { CommandMain } from "./io.ts";
 
 const FLAGS: FlagSpec[] = [
@@ -32,16 +32,9 @@ ${formatFlags(FLAGS)}
 `;
 
 export const fastpathCleanupCommand: CommandMain = async (argv, io) => {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} fastpath-cleanup: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  if (parsed.args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
-  const file = flagString(parsed.args, "config") ?? "/etc/pcoip-cmsg/pcoip-cmsg.toml";
+  const args = parseCommandArgs("fastpath-cleanup", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
+  const file = flagString(args, "config") ?? "/etc/pcoip-cmsg/pcoip-cmsg.toml";
   const loaded = loadConfig({ file, strict: false });
   // An unreadable configuration still gets its table removed: the port only narrows the conntrack flush.
   const ports = loaded.ok

@@ -8,7 +8,7 @@ import { loadConfig } from "../config/load.ts";
 import { createLogger, isLogLevel } from "../observability/log.ts";
 import { type Appliance, startAppliance } from "../platform/appliance.ts";
 import { createNotifier } from "../platform/systemd.ts";
-import { type FlagSpec, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import { DEFAULT_CONFIG_FILE } from "./config.ts";
 import type { CliIo } from "./io.ts";
 
@@ -38,17 +38,10 @@ ${formatFlags(FLAGS)}
 `;
 
 export async function runCommand(argv: string[], io: CliIo): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`pcoip-cmsg run: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  if (parsed.args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
-  const file = flagString(parsed.args, "config") ?? DEFAULT_CONFIG_FILE;
-  const levelFlag = flagString(parsed.args, "log-level");
+  const args = parseCommandArgs("run", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
+  const file = flagString(args, "config") ?? DEFAULT_CONFIG_FILE;
+  const levelFlag = flagString(args, "log-level");
   if (levelFlag !== undefined && !isLogLevel(levelFlag)) {
     io.stderr(`pcoip-cmsg run: --log-level ${levelFlag}: must be one of debug, info, warn, error\n`);
     return 2;

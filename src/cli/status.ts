@@ -12,7 +12,7 @@ import { adminTokenOf } from "../observability/admin-token.ts";
 import { type CommandRunner, runCommand, systemdRunning } from "../platform/host.ts";
 import { installLayout, packagedBy, SERVICE_NAME } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
-import { type FlagSpec, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import { binaryVersion } from "./bundle.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 
@@ -184,16 +184,9 @@ export const statusCommand: CommandMain = (argv, io) =>
   runStatus(argv, io, { run: runCommand, systemdRunning });
 
 export async function runStatus(argv: string[], io: CliIo, deps: StatusDeps): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} status: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  if (parsed.args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
-  const layout = installLayout(flagString(parsed.args, "root") ?? "/");
+  const args = parseCommandArgs("status", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
+  const layout = installLayout(flagString(args, "root") ?? "/");
   const d = layout.disk;
   const line = (k: string, v: string) => io.stdout(`${`${k}:`.padEnd(14)}${v}\n`);
   if (!existsSync(d.binary) && !existsSync(d.configFile) && packagedBy(layout) === undefined) {

@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { installLayout } from "../platform/paths.ts";
 import { applySysctl, describeOutcome, parseSysctlConf, type SysctlOutcome } from "../platform/sysctl.ts";
 import { PRODUCT_NAME } from "../version.ts";
-import { type FlagSpec, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 
 const FLAGS: FlagSpec[] = [
@@ -50,16 +50,9 @@ export function applySysctlFile(file: string, procSys?: string): SysctlOutcome[]
 }
 
 export const sysctlCommand: CommandMain = async (argv: string[], io: CliIo) => {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} sysctl: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  if (parsed.args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
-  const file = flagString(parsed.args, "file") ?? defaultSysctlFile();
+  const args = parseCommandArgs("sysctl", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
+  const file = flagString(args, "file") ?? defaultSysctlFile();
   if (file === undefined) {
     io.stderr(
       `${PRODUCT_NAME} sysctl: no 90-pcoip-cmsg.conf in /etc/sysctl.d or /usr/lib/sysctl.d: nothing to apply (install writes it)\n`,

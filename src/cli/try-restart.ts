@@ -7,7 +7,7 @@
 import { type CommandRunner, commandLine, runCommand, systemdRunning } from "../platform/host.ts";
 import { installLayout, SERVICE_NAME } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
-import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagBool, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import { createReporter } from "./configure.ts";
 import { drainForUpgrade } from "./install.ts";
 import { loggedReporter, openInstallLog } from "./install-log.ts";
@@ -48,16 +48,9 @@ export const tryRestartCommand: CommandMain = (argv, io) =>
   runTryRestart(argv, io, { run: runCommand, systemdRunning, sleep: (ms) => Bun.sleep(ms) });
 
 export async function runTryRestart(argv: string[], io: CliIo, deps: TryRestartDeps): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} try-restart: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  if (parsed.args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
-  const text = flagString(parsed.args, "drain-timeout");
+  const args = parseCommandArgs("try-restart", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
+  const text = flagString(args, "drain-timeout");
   const timeout = text === undefined ? PACKAGE_DRAIN_TIMEOUT_SECONDS : Number(text);
   if (!Number.isInteger(timeout) || timeout < 0) {
     io.stderr(`${PRODUCT_NAME} try-restart: --drain-timeout ${text}: must be a whole number of seconds\n`);
@@ -79,7 +72,7 @@ export async function runTryRestart(argv: string[], io: CliIo, deps: TryRestartD
   const admin = adminEndpointOf(layout.host.configFile);
   await drainForUpgrade(
     admin,
-    { timeoutSeconds: timeout, force: flagBool(parsed.args, "force") === true, sleep: deps.sleep },
+    { timeoutSeconds: timeout, force: flagBool(args, "force") === true, sleep: deps.sleep },
     report,
   );
   const r = await deps.run("systemctl", ["try-restart", SERVICE_NAME], { timeoutMs: 300_000 });

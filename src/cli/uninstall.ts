@@ -17,7 +17,7 @@ import {
 } from "../platform/host.ts";
 import { installLayout, packagedBy, SERVICE_NAME, SERVICE_USER } from "../platform/paths.ts";
 import { PRODUCT_NAME } from "../version.ts";
-import { type FlagSpec, flagBool, flagString, formatFlags, parseArgs } from "./args.ts";
+import { type FlagSpec, flagBool, flagString, formatFlags, parseCommandArgs } from "./args.ts";
 import { createReporter } from "./configure.ts";
 import { firewallPorts } from "./install.ts";
 import { loggedReporter, openInstallLog } from "./install-log.ts";
@@ -57,17 +57,10 @@ export const uninstallCommand: CommandMain = (argv, io) =>
   runUninstall(argv, io, { run: runCommand, systemdRunning });
 
 export async function runUninstall(argv: string[], io: CliIo, deps: UninstallDeps): Promise<number> {
-  const parsed = parseArgs(argv, FLAGS);
-  if (!parsed.ok) {
-    io.stderr(`${PRODUCT_NAME} uninstall: ${parsed.error}\n\n${HELP}`);
-    return 2;
-  }
-  if (parsed.args.flags.get("help") === true) {
-    io.stdout(HELP);
-    return 0;
-  }
-  const purge = flagBool(parsed.args, "purge") === true;
-  const layout = installLayout(flagString(parsed.args, "root") ?? "/");
+  const args = parseCommandArgs("uninstall", argv, FLAGS, HELP, io);
+  if (typeof args === "number") return args;
+  const purge = flagBool(args, "purge") === true;
+  const layout = installLayout(flagString(args, "root") ?? "/");
   const d = layout.disk;
   const h = layout.host;
   const packaged = packagedBy(layout);
