@@ -4,7 +4,7 @@
 // of it (health 200, a new login allocates); once SIGTERM has started the shutdown, resume is refused by name.
 import { describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
-import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
+import type { ApplianceProcess } from "../peers/appliance-process.ts";
 import {
   cmClient,
   cmGet,
@@ -12,13 +12,11 @@ import {
   openControl,
   sample,
   scrape,
-  sgEnv,
   signIn,
   tcpRoundTrip,
   udpPeer,
 } from "../peers/appliance-session.ts";
 import { applianceTest } from "../peers/appliance-test.ts";
-import { startFakeAgent } from "../peers/fake-agent.ts";
 import { runCommand } from "../peers/run-command.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
@@ -32,10 +30,7 @@ const cli = (verb: string, a: ApplianceProcess) =>
 
 describe("drain and resume from the command line", () => {
   test("drain keeps live sessions, refuses new ones, answers 503; resume brings the node back", async () => {
-    const agent = await startFakeAgent({ endpoint: true });
-    t.agent = agent;
-    const app = await startApplianceProcess({ agent, env: sgEnv() });
-    t.app = app;
+    const { app } = await t.start();
     const a = app;
     const s = await signIn(a);
     t.closers.push(() => s.client.close());
@@ -86,13 +81,7 @@ describe("drain and resume from the command line", () => {
   });
 
   test("after SIGTERM, resume is refused and says why; an unreachable admin listener is named", async () => {
-    const agent = await startFakeAgent({ endpoint: true });
-    t.agent = agent;
-    const app = await startApplianceProcess({
-      agent,
-      env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
-    });
-    t.app = app;
+    const { app } = await t.start({ env: { PCOIP_CMSG_DRAINSECONDS: "600" } });
     const a = app;
     const s = await signIn(a);
     t.closers.push(() => s.client.close());

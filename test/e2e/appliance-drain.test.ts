@@ -6,7 +6,6 @@ import { describe, expect, test } from "bun:test";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
 import { cmClient, cmGet, keepFlowing, sgEnv, tcpRoundTrip, until } from "../peers/appliance-session.ts";
 import { applianceTest } from "../peers/appliance-test.ts";
-import { startFakeAgent } from "../peers/fake-agent.ts";
 
 const t = applianceTest();
 
@@ -104,13 +103,7 @@ describe("SIGTERM with a live session", () => {
   // Also a start-up race: the signal comes right after the listener lines, as a `systemctl stop` right after
   // READY=1 would. The handlers must already be in place (SIGTERM's default action would exit 143, undrained).
   test("SIGTERM right after start-up, nothing live: drained at once, exit 0", async () => {
-    const agent = await startFakeAgent({ endpoint: true });
-    t.agent = agent;
-    const app = await startApplianceProcess({
-      agent,
-      env: { ...sgEnv(), PCOIP_CMSG_DRAINSECONDS: "600" },
-    });
-    t.app = app;
+    const { app } = await t.start({ env: { PCOIP_CMSG_DRAINSECONDS: "600" } });
     const t0 = Date.now();
     app.signal("SIGTERM");
     expect(await exitWithin(app, 10_000)).toBe(0);

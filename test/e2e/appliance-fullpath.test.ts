@@ -8,7 +8,7 @@ import { describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
 import { STAGES as JOURNAL_STAGES } from "../../src/observability/session-journal.ts";
 import { connectControl } from "../peers/agent-endpoint.ts";
-import { type ApplianceProcess, type LogLine, startApplianceProcess } from "../peers/appliance-process.ts";
+import type { ApplianceProcess, LogLine } from "../peers/appliance-process.ts";
 import {
   cmClient,
   hostPort,
@@ -17,13 +17,12 @@ import {
   openControl,
   sample,
   scrape,
-  sgEnv,
   signIn,
   udpPeer,
   until,
 } from "../peers/appliance-session.ts";
 import { applianceTest } from "../peers/appliance-test.ts";
-import { type FakeAgent, startFakeAgent } from "../peers/fake-agent.ts";
+import type { FakeAgent } from "../peers/fake-agent.ts";
 import { pcoipClient } from "../peers/pcoip-client.ts";
 import { testPki } from "../peers/test-certs.ts";
 
@@ -33,16 +32,9 @@ const STAGES: readonly string[] = [...JOURNAL_STAGES, "done"];
 
 const t = applianceTest();
 
-async function start(env: Record<string, string> = {}): Promise<{ app: ApplianceProcess; agent: FakeAgent }> {
-  const agent = await startFakeAgent({ endpoint: true });
-  t.agent = agent;
+function start(env: Record<string, string> = {}): Promise<{ app: ApplianceProcess; agent: FakeAgent }> {
   // No reconnect grace: the session ends (and its end is logged) as soon as its control connection closes.
-  const app = await startApplianceProcess({
-    agent,
-    env: { PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0", ...sgEnv(), ...env },
-  });
-  t.app = app;
-  return { app, agent };
+  return t.start({ env: { PCOIP_CMSG_SG_RECONNECTGRACESECONDS: "0", ...env } });
 }
 
 describe("a scripted session through the appliance process", () => {
@@ -293,18 +285,13 @@ describe("a session that allocates twice", () => {
 
 describe("client address families (enableIpv6)", () => {
   test("a ::1 client is sent to the IPv6 externalPcoipIp and a 127.0.0.1 client to the IPv4 one", async () => {
-    const agent = await startFakeAgent({ endpoint: true });
-    t.agent = agent;
-    const app = await startApplianceProcess({
-      agent,
+    const { app } = await t.start({
       env: {
-        ...sgEnv(),
         PCOIP_CMSG_ENABLEIPV6: "true",
         PCOIP_CMSG_EXTERNALPCOIPIP: "203.0.113.10,2001:db8::10",
         PCOIP_CMSG_CM_LISTEN: "127.0.0.1:0,[::1]:0",
       },
     });
-    t.app = app;
     const cmV6 = await app.waitForLog((l) => l.listener === "cm" && String(l.address).startsWith("["));
     const v6 = /^\[(.*)\]:(\d+)$/.exec(String(cmV6.address))!;
     const targets: string[] = [];

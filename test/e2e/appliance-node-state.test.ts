@@ -68,15 +68,10 @@ describe("what a reload keeps", () => {
   });
 
   test("a desktop held by one user (collaboration off) stays held across a reload", async () => {
-    const agent = await startFakeAgent({ endpoint: true });
-    t.agent = agent;
-    const app = await startApplianceProcess({
-      agent,
+    const { app } = await t.start({
       users: { alice: "correct horse", bob: "battery staple" },
       topLevel: "enableCollaboration = false",
-      env: sgEnv(),
     });
-    t.app = app;
     const alice = await signIn(app);
     t.closers.push(() => alice.client.close());
     await reload(app);
@@ -92,13 +87,7 @@ describe("what a reload keeps", () => {
   });
 
   test("every _total series only grows across three reloads with conversations spanning them", async () => {
-    const agent = await startFakeAgent({ endpoint: true });
-    t.agent = agent;
-    const app = await startApplianceProcess({
-      agent,
-      env: sgEnv(),
-    });
-    t.app = app;
+    const { app } = await t.start();
     const a = app;
     const scrapes: { at: string; m: Scrape }[] = [];
     const take = async (at: string) => {

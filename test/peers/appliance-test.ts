@@ -5,13 +5,17 @@
  * "one live session" setup; this is that one copy.
  *
  * const t = applianceTest();                                   // at file scope: registers the afterEach
- * t.agent = await startFakeAgent({ endpoint: true });          // recorded, so the hook ends it
+ * const { app, agent } = await t.start({ env });              // recorded, so the hook ends them
  * t.closers.push(() => c.close());                             // closed first, last opened first
  * const { app, control, udp } = await t.liveSession();         // signed in, control and UDP both echoing
  */
 import { afterEach } from "bun:test";
 import type { ControlClient } from "./agent-endpoint.ts";
-import { type ApplianceProcess, startApplianceProcess } from "./appliance-process.ts";
+import {
+  type ApplianceProcess,
+  type ApplianceProcessOptions,
+  startApplianceProcess,
+} from "./appliance-process.ts";
 import {
   type Closer,
   endTest,
@@ -45,12 +49,20 @@ export class ApplianceTest {
     this.agent = undefined;
   }
 
-  /** A fake agent and an appliance (SG env plus `env`) with one session signed in, relaying TCP and UDP. */
-  async liveSession(env: Record<string, string> = {}): Promise<LiveSession> {
+  /** A fake agent (with its session endpoint) and an appliance for it, its env `sgEnv()` plus `options.env`. */
+  async start(
+    options: Omit<ApplianceProcessOptions, "agent"> = {},
+  ): Promise<{ app: ApplianceProcess; agent: FakeAgent }> {
     const agent = await startFakeAgent({ endpoint: true });
     this.agent = agent;
-    const app = await startApplianceProcess({ agent, env: { ...sgEnv(), ...env } });
+    const app = await startApplianceProcess({ ...options, agent, env: { ...sgEnv(), ...options.env } });
     this.app = app;
+    return { app, agent };
+  }
+
+  /** `start({ env })`, then one session signed in, relaying TCP and UDP. */
+  async liveSession(env: Record<string, string> = {}): Promise<LiveSession> {
+    const { app, agent } = await this.start({ env });
     const s = await signIn(app);
     this.closers.push(() => s.client.close());
     const control = await openControl(app);
