@@ -10,6 +10,7 @@ import { buildLaunchSessionResp } from "../../src/protocol/agent.ts";
 import { buildXml, isRepeated, parseXml } from "../../src/protocol/xml.ts";
 import { fastBuildXml } from "../../src/protocol/xml-build-fast.ts";
 import { FAST_MAX_CHARS, fastParseXml } from "../../src/protocol/xml-fast.ts";
+import { minMicros } from "../peers/linearity.ts";
 
 /** Both paths' answers as one order-sensitive string. */
 const viaFast = (xml: string) => JSON.stringify(parseXml(xml));
@@ -204,16 +205,6 @@ describe("the documents of a login take the fast path", () => {
 });
 
 describe("the fast path stays linear (its own inputs: 128 bytes to its limit)", () => {
-  /** Smallest time per call over several rounds: the neighbours on a shared machine only ever add time. */
-  const minMicros = (fn: () => unknown, rounds: number, perRound: number) => {
-    let best = Number.POSITIVE_INFINITY;
-    for (let r = 0; r < rounds; r++) {
-      const t0 = performance.now();
-      for (let i = 0; i < perRound; i++) fn();
-      best = Math.min(best, ((performance.now() - t0) * 1000) / perRound);
-    }
-    return best;
-  };
   const fill = (head: string, unit: string, tail: string, chars: number) =>
     head + unit.repeat(Math.max(1, Math.floor((chars - head.length - tail.length) / unit.length))) + tail;
   const shapes: [string, (chars: number) => string][] = [
