@@ -18,6 +18,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { writeUsersFile } from "../src/cm/auth/local-users.ts";
+import { haproxyShowStat } from "../test/peers/haproxy-stat.ts";
 import { testPki } from "../test/peers/test-certs.ts";
 import { applianceArgv, cleanEnv, rssBytes, writeApplianceConfig } from "./lib/appliance.ts";
 import { createCpuMeter } from "./lib/cpu.ts";
@@ -103,32 +104,11 @@ async function startHaproxy(procs: ProcessSet, nodes: readonly Node[], pem: stri
   return { child, vip, socket: join(dir, "admin.sock") };
 }
 
-/** HAProxy's "show stat" over its stats socket ("" when it does not answer). */
-function showStat(socket: string): Promise<string> {
-  return new Promise((res) => {
-    let out = "";
-    Bun.connect({
-      unix: socket,
-      socket: {
-        open: (s) => {
-          s.write("show stat\n");
-        },
-        data: (_s, d) => {
-          out += Buffer.from(d).toString();
-        },
-        close: () => res(out),
-        error: () => res(out),
-        connectError: () => res(""),
-      },
-    }).catch(() => res(""));
-  });
-}
-
 /** Waits until HAProxy's checks passed for every server (rise 2 × inter 2 s at most). */
 async function allUp(socket: string, n: number): Promise<void> {
   const end = Date.now() + 15_000;
   while (Date.now() < end) {
-    const up = (await showStat(socket))
+    const up = (await haproxyShowStat(socket))
       .split("\n")
       .filter((l) => /^pcoip_nodes,node\d,/.test(l) && l.split(",")[17] === "UP");
     if (up.length === n) return;

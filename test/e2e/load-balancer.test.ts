@@ -15,6 +15,7 @@ import type { Subprocess } from "bun";
 import { writeUsersFile } from "../../src/cm/auth/local-users.ts";
 import { type ApplianceProcess, startApplianceProcess } from "../peers/appliance-process.ts";
 import { sgEnv } from "../peers/appliance-session.ts";
+import { haproxyShowStat } from "../peers/haproxy-stat.ts";
 import { eachLine } from "../peers/lines.ts";
 import { runCommand } from "../peers/run-command.ts";
 import { testPki } from "../peers/test-certs.ts";
@@ -123,23 +124,7 @@ function commandPeer(p: Subprocess<"pipe", "pipe", "pipe">) {
 
 /** HAProxy's view of one server: "UP", "DOWN", "UP 1/2" (going down), "DOWN 1/2" (coming back), … */
 async function serverStatus(kind: Kind, server: string): Promise<string> {
-  const text = await new Promise<string>((res) => {
-    let out = "";
-    Bun.connect({
-      unix: join(dir, `${kind}.sock`),
-      socket: {
-        open: (s) => {
-          s.write("show stat\n");
-        },
-        data: (_s, d) => {
-          out += Buffer.from(d).toString();
-        },
-        close: () => res(out),
-        error: () => res(out),
-        connectError: () => res(""),
-      },
-    }).catch(() => res(""));
-  });
+  const text = await haproxyShowStat(join(dir, `${kind}.sock`));
   for (const line of text.split("\n")) {
     const f = line.split(",");
     if (f[0] === BACKEND[kind] && f[1] === server) return f[17] ?? "";
