@@ -20,7 +20,13 @@ import {
   startAdminServer,
 } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
-import { createMetricsRegistry, type MetricsRegistry } from "../observability/metrics.ts";
+import {
+  counter,
+  createMetricsRegistry,
+  gauge,
+  type MetricsRegistry,
+  samplesByLabel,
+} from "../observability/metrics.ts";
 import { createSessionJournal, type SessionJournal } from "../observability/session-journal.ts";
 import type { Admissions } from "../sg/admissions.ts";
 import { createDescriptorBudgets, type DescriptorBudgets } from "../sg/limits.ts";
@@ -478,51 +484,42 @@ function registerNodeMetrics(
   },
 ): void {
   metrics.add(() => [
-    {
-      name: "pcoip_node_ready",
-      help: "1 when the node takes new sessions (what GET /pcoip-broker/xml answers 200 for), else 0.",
-      type: "gauge",
-      samples: [{ value: node.ready() ? 1 : 0 }],
-    },
-    {
-      name: "pcoip_node_draining",
-      help: "1 while the node drains (pcoip-cmsg drain, or stopping), else 0.",
-      type: "gauge",
-      samples: [{ value: node.draining() ? 1 : 0 }],
-    },
-    {
-      name: "pcoip_descriptors_in_use",
-      help: "Descriptors held, by plane: the CM's client connections, the SG's relays (separate budgets).",
-      type: "gauge",
-      samples: PLANES.map((plane) => ({ labels: { plane }, value: node.budgets[plane].inUse })),
-    },
-    {
-      name: "pcoip_descriptors_budget",
-      help: "Descriptors each plane's budget allows (from RLIMIT_NOFILE at start; -1 when unlimited).",
-      type: "gauge",
-      samples: PLANES.map((plane) => {
+    gauge(
+      "pcoip_node_ready",
+      "1 when the node takes new sessions (what GET /pcoip-broker/xml answers 200 for), else 0.",
+      [{ value: node.ready() ? 1 : 0 }],
+    ),
+    gauge("pcoip_node_draining", "1 while the node drains (pcoip-cmsg drain, or stopping), else 0.", [
+      { value: node.draining() ? 1 : 0 },
+    ]),
+    gauge(
+      "pcoip_descriptors_in_use",
+      "Descriptors held, by plane: the CM's client connections, the SG's relays (separate budgets).",
+      PLANES.map((plane) => ({ labels: { plane }, value: node.budgets[plane].inUse })),
+    ),
+    gauge(
+      "pcoip_descriptors_budget",
+      "Descriptors each plane's budget allows (from RLIMIT_NOFILE at start; -1 when unlimited).",
+      PLANES.map((plane) => {
         const c = node.budgets[plane].capacity;
         return { labels: { plane }, value: Number.isFinite(c) ? c : -1 };
       }),
-    },
-    {
-      name: "pcoip_descriptor_refusals_total",
-      help: "Connections or flows refused because their plane's descriptor budget was spent.",
-      type: "counter",
-      samples: PLANES.map((plane) => ({ labels: { plane }, value: node.budgets[plane].refused })),
-    },
-    {
-      name: "pcoip_session_verdicts_total",
-      help: "Session verdict lines by the stage they name (done, or the last stage a failed session reached).",
-      type: "counter",
-      samples: Object.entries(node.journal.verdicts).map(([stage, value]) => ({ labels: { stage }, value })),
-    },
-    {
-      name: "pcoip_cm_proxy_refusals_total",
-      help: "Front-door connections refused before HTTP: PROXY header missing, malformed, or from an unlisted peer.",
-      type: "counter",
-      samples: [{ value: node.proxyRefusals() }],
-    },
+    ),
+    counter(
+      "pcoip_descriptor_refusals_total",
+      "Connections or flows refused because their plane's descriptor budget was spent.",
+      PLANES.map((plane) => ({ labels: { plane }, value: node.budgets[plane].refused })),
+    ),
+    counter(
+      "pcoip_session_verdicts_total",
+      "Session verdict lines by the stage they name (done, or the last stage a failed session reached).",
+      samplesByLabel("stage", node.journal.verdicts),
+    ),
+    counter(
+      "pcoip_cm_proxy_refusals_total",
+      "Front-door connections refused before HTTP: PROXY header missing, malformed, or from an unlisted peer.",
+      [{ value: node.proxyRefusals() }],
+    ),
   ]);
 }
 

@@ -10,7 +10,7 @@ import { compileTrustedProxies, type TrustedProxies } from "../net/client-addres
 import { type ConnectionGuard, createConnectionGuard } from "../net/connection-guard.ts";
 import { type ConnInfo, type Http1Server, type Http1ServerOptions, startHttp1Server } from "../net/http1.ts";
 import type { Logger } from "../observability/log.ts";
-import type { MetricsRegistry } from "../observability/metrics.ts";
+import { counter, type MetricsRegistry, samplesByLabel } from "../observability/metrics.ts";
 import type { DescriptorBudget } from "../sg/limits.ts";
 import type { CertificatePair } from "../tls/certs.ts";
 import { serverTls } from "../tls/policy.ts";
@@ -263,12 +263,11 @@ function startFrontDoorGuard(
     log,
   });
   metrics.add(() => [
-    {
-      name: "pcoip_cm_connection_refusals_total",
-      help: "CM/port-80 connections closed at accept, by reason (per_ip, max_connections, descriptors).",
-      type: "counter",
-      samples: Object.entries(guard.refusals).map(([reason, value]) => ({ labels: { reason }, value })),
-    },
+    counter(
+      "pcoip_cm_connection_refusals_total",
+      "CM/port-80 connections closed at accept, by reason (per_ip, max_connections, descriptors).",
+      samplesByLabel("reason", guard.refusals),
+    ),
   ]);
   return guard;
 }
