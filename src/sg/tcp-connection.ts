@@ -42,6 +42,12 @@ export class TcpConnection {
   log: Logger | undefined;
   /** Descriptors of the relay's budget this connection holds (given back once, when it finishes). */
   fds = 0;
+  /**
+   * The dial toward the agent: "pending" from Bun.connect until its socket opens or fails. A pending dial cannot
+   * be cancelled, so a connection that finishes meanwhile keeps owing the agent's descriptor until it settles.
+   */
+  dial: "none" | "pending" | "settled" = "none";
+  agentFdOwed = false;
   /** Bytes accepted from one side that the other side's socket did not take yet (backpressure). */
   toAgent: Uint8Array | undefined;
   toClient: Uint8Array | undefined;

@@ -190,7 +190,10 @@ class TcpRelayImpl implements TcpRelay {
 
   /** Bun's handlers for sockets toward agents; events of a socket that is not (or no longer) the connection's agent are ignored. */
   readonly agentHandlers: SocketHandler<TcpConnection> = {
-    open: (agent) => this.agentOpened(agent.data, agent),
+    open: (agent) => {
+      this.dialSettled(agent.data);
+      this.agentOpened(agent.data, agent);
+    },
     data: (agent, chunk) => {
       const conn = agent.data;
       if (conn.agent === agent) conn.forward("down", chunk, this.counters);
@@ -208,6 +211,7 @@ class TcpRelayImpl implements TcpRelay {
       agent.data.log?.debug({ err: errorText(error) }, "sg agent socket error");
     },
     connectError: (agent, error) => {
+      this.dialSettled(agent.data);
       if (agent.data.phase === "dialing") this.agentFailed(agent.data, errorText(error));
     },
   };
@@ -328,6 +332,7 @@ class TcpRelayImpl implements TcpRelay {
     if (set) set.add(conn);
     else this.bySession.set(session.sessionLogId, new Set([conn]));
     conn.client.pause();
+    conn.dial = "pending";
     const connectTimeoutMs = this.s.connectTimeoutMs;
     conn.timer = setTimeout(() => {
       conn.timer = undefined;
@@ -346,8 +351,18 @@ class TcpRelayImpl implements TcpRelay {
         data: conn,
         socket: this.agentHandlers,
       }))().catch((e: unknown) => {
+      this.dialSettled(conn);
       if (conn.phase === "dialing") this.agentFailed(conn, errorText(e));
     });
+  }
+
+  /** The dial's socket opened or failed: a finished connection's owed descriptor comes back now. */
+  private dialSettled(conn: TcpConnection): void {
+    if (conn.dial !== "pending") return;
+    conn.dial = "settled";
+    if (!conn.agentFdOwed) return;
+    conn.agentFdOwed = false;
+    this.limits.give(1);
   }
 
   private agentFailed(conn: TcpConnection, cause: string): void {
@@ -433,7 +448,10 @@ class TcpRelayImpl implements TcpRelay {
   private finish(conn: TcpConnection): void {
     if (!this.conns.delete(conn)) return;
     clearTimeout(conn.timer);
-    this.limits.give(conn.fds);
+    // A dial still in flight (client gone or timed out toward a silent agent) holds its socket until the kernel
+    // gives up on it: its descriptor stays counted until dialSettled().
+    conn.agentFdOwed = conn.dial === "pending";
+    this.limits.give(conn.agentFdOwed ? conn.fds - 1 : conn.fds);
     const wasRelaying = conn.agent !== undefined;
     conn.phase = "closed";
     if (conn.admission) {

@@ -188,6 +188,52 @@ describe("tcp 4172 refusals", () => {
     }
   });
 
+  test("a dial still in flight when its client is gone keeps its descriptor counted until it settles", async () => {
+    // An agent that never answers a SYN: a listener that never accepts, its accept queue filled, drops new SYNs.
+    const silent = Bun.spawn(
+      [
+        "python3",
+        "-c",
+        [
+          "import socket, sys, time",
+          "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
+          "held = []",
+          "for _ in range(4):",
+          "    c = socket.socket(); c.setblocking(False); c.connect_ex(s.getsockname()); held.append(c)",
+          "print(s.getsockname()[1], flush=True); time.sleep(60)",
+        ].join("\n"),
+      ],
+      { stdout: "pipe", stderr: "ignore" },
+    );
+    const other = createAdmissions({ sweepEveryMs: 0 });
+    const limits = createRelayLimits({ nofile: 512 + 3 * 4, reservedFds: 512 });
+    const t = await startTcpRelay({
+      listen: [{ hostname: "127.0.0.1", port: 0 }],
+      admissions: other,
+      log,
+      limits,
+      connectTimeoutMs: 300,
+    });
+    try {
+      if (!t.ok) throw new Error(t.error.cause);
+      const reader = silent.stdout.getReader();
+      const port = Number(new TextDecoder().decode((await reader.read()).value).trim());
+      expect(admit({ agentTcpPort: port }, other).ok).toBe(true);
+      const r = await tls(t.relay.ports[0]!);
+      expect(r.ok).toBe(false); // closed when the dial timed out
+      expect(t.relay.counters.refused.agent_unreachable).toBe(1);
+      // The client's descriptor is back; the dial's socket still exists (the kernel retries its SYN), so it counts.
+      await until(() => limits.inUse === 1); // only the dial's descriptor is held
+      // The silent agent goes away: the next SYN is answered with a reset, the dial fails, its descriptor returns.
+      silent.kill();
+      await until(() => limits.inUse === 0, 10_000); // the settled dial's descriptor is given back
+    } finally {
+      silent.kill();
+      if (t.ok) await t.relay.stop();
+      other.close();
+    }
+  }, 20_000);
+
   test("at the descriptor cap a new control connection is refused and counted", async () => {
     const other = createAdmissions({ sweepEveryMs: 0 });
     const limits = createRelayLimits({ nofile: 512 + 3, reservedFds: 512 }); // room for exactly one relay
