@@ -15,20 +15,20 @@ import type { CliIo } from "./io.ts";
 
 export const DEFAULT_CONFIG_FILE = "/etc/pcoip-cmsg/pcoip-cmsg.toml";
 
+/** --config FILE, as every command that reads the configuration spells it. */
+export const CONFIG_FLAG: FlagSpec = {
+  name: "config",
+  kind: "string",
+  value: "FILE",
+  help: `configuration file (default ${DEFAULT_CONFIG_FILE})`,
+};
+
 export interface ConfigCommandOptions {
   /** The environment whose PCOIP_CMSG_* variables override the file (default: this process's). */
   readonly env?: Readonly<Record<string, string | undefined>>;
 }
 
-const CHECK_FLAGS: FlagSpec[] = [
-  {
-    name: "config",
-    kind: "string",
-    value: "FILE",
-    help: `configuration file (default ${DEFAULT_CONFIG_FILE})`,
-  },
-  { name: "help", kind: "boolean", help: "this text" },
-];
+const CHECK_FLAGS: FlagSpec[] = [CONFIG_FLAG, { name: "help", kind: "boolean", help: "this text" }];
 
 const SCHEMA_FLAGS: FlagSpec[] = [
   { name: "json", kind: "boolean", help: "print the keys as JSON (for tools)" },

@@ -6,17 +6,12 @@
  */
 import { PRODUCT_NAME } from "../version.ts";
 import { type FlagSpec, flagBool, flagString, formatFlags, parseCommandArgs } from "./args.ts";
-import { DEFAULT_CONFIG_FILE } from "./config.ts";
+import { CONFIG_FLAG, DEFAULT_CONFIG_FILE } from "./config.ts";
 import type { CliIo, CommandMain } from "./io.ts";
 import { type AdminEndpoint, adminEndpointOf, adminRequest } from "./status.ts";
 
 const FLAGS: FlagSpec[] = [
-  {
-    name: "config",
-    kind: "string",
-    value: "FILE",
-    help: `configuration file (default ${DEFAULT_CONFIG_FILE})`,
-  },
+  CONFIG_FLAG,
   {
     name: "admin",
     kind: "string",

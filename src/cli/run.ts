@@ -9,16 +9,11 @@ import { createLogger, isLogLevel } from "../observability/log.ts";
 import { type Appliance, startAppliance } from "../platform/appliance.ts";
 import { createNotifier } from "../platform/systemd.ts";
 import { type FlagSpec, flagString, formatFlags, parseCommandArgs } from "./args.ts";
-import { DEFAULT_CONFIG_FILE } from "./config.ts";
+import { CONFIG_FLAG, DEFAULT_CONFIG_FILE } from "./config.ts";
 import type { CliIo } from "./io.ts";
 
 const FLAGS: FlagSpec[] = [
-  {
-    name: "config",
-    kind: "string",
-    value: "FILE",
-    help: `configuration file (default ${DEFAULT_CONFIG_FILE})`,
-  },
+  CONFIG_FLAG,
   {
     name: "log-level",
     kind: "string",
