@@ -636,43 +636,55 @@ async function duringLogins(
   const loginSeconds = SECONDS + 2.5; // udp-load's 1 s warm-up, the run, its drain
   const direct365 = direct.get(365)!;
   const runs: Record<string, { m: Measured; logins: LoginRun }> = {};
-  for (const mode of ["on", "off"] as const) {
-    const sg = await startSg(procs, dir, mode, clients, {
-      cert: cmCert.certFile,
-      key: cmCert.keyFile,
-      ca: pki.ca.certFile,
-      brokerUrl: `https://127.0.0.1:${up.brokerPort}`,
-      agentPort: up.agentPort,
-      externalIp: SG_WAN_MANY,
-      log: join(dir, `cm-${mode}.log`),
-    });
-    await primeSg(procs, sg, mode);
+  const cmFor = (run: string): CmSettings => ({
+    cert: cmCert.certFile,
+    key: cmCert.keyFile,
+    ca: pki.ca.certFile,
+    brokerUrl: `https://127.0.0.1:${up.brokerPort}`,
+    agentPort: up.agentPort,
+    externalIp: SG_WAN_MANY,
+    log: join(dir, `cm-${run}.log`),
+  });
+  /** One media run while the SG process `sg` serves LOGINS logins/s; `run` names it (and the CM's log). */
+  const withLogins = async (sg: Child, run: string, label: string, media: Parameters<typeof load>[1]) => {
     const cmPort = (JSON.parse(sg.lines().find((l) => l.includes('"ready"'))!) as { cmPort: number }).cmPort;
-    const at = async (mbps: number) => {
-      const driver = inNs(procs, NS.sg, "logins", [
-        process.execPath,
-        LOGIN_SCRIPT(dir),
-        String(cmPort),
-        pki.ca.certFile,
-        String(LOGINS),
-        String(loginSeconds),
-      ]);
-      await Bun.sleep(300); // the login rate settles before the media starts
-      const m = await measure(
-        procs,
-        `SG udpFastPath = ${mode} @ ${mbps} Mbit/s, ${LOGINS} logins/s`,
-        sg.pid,
-        headlineLoad(mbps),
-      );
-      const line = await driver.waitForLine((l) => l.includes('"event":"logins"'), 60_000);
-      const logins = JSON.parse(line) as LoginRun;
-      detail(
-        `  logins: ${fmt(logins.perSecond)}/s completed (${logins.completed} done, ${logins.failed} failed, p50 ${fmt(logins.p50Ms)} ms)${logins.errors.length ? `, e.g. ${logins.errors.join("; ")}` : ""}; SG+CM process CPU ${fmt(m.cpu)} s`,
-      );
-      await driver.exited;
-      if (logins.failed > 0) detail(`  CM log: ${cmProblems(join(dir, `cm-${mode}.log`))}`);
-      return { m, logins };
-    };
+    const driver = inNs(procs, NS.sg, "logins", [
+      process.execPath,
+      LOGIN_SCRIPT(dir),
+      String(cmPort),
+      pki.ca.certFile,
+      String(LOGINS),
+      String(loginSeconds),
+    ]);
+    await Bun.sleep(300); // the login rate settles before the media starts
+    const m = await measure(procs, `${label}, ${LOGINS} logins/s`, sg.pid, media);
+    const logins = JSON.parse(
+      await driver.waitForLine((l) => l.includes('"event":"logins"'), 60_000),
+    ) as LoginRun;
+    detail(
+      `  logins: ${fmt(logins.perSecond)}/s completed (${logins.completed} done, ${logins.failed} failed, p50 ${fmt(logins.p50Ms)} ms)${logins.errors.length ? `, e.g. ${logins.errors.join("; ")}` : ""}; SG+CM process CPU ${fmt(m.cpu)} s`,
+    );
+    await driver.exited;
+    if (logins.failed > 0) detail(`  CM log: ${cmProblems(join(dir, `cm-${run}.log`))}`);
+    return { m, logins };
+  };
+  // The peer: direct routing through the SG namespace during the same logins (the process's relay idle, off).
+  const idle = await startSg(procs, dir, "off", clients, cmFor("direct"));
+  forwarding(true);
+  const directDuring = await withLogins(idle, "direct", "direct routing @ 365 Mbit/s", {
+    mode: "open",
+    target: `${IP.agent}:4172`,
+    flows: FLOWS,
+    mbps: 365,
+    manyIps: true,
+  });
+  forwarding(false);
+  await idle.stop(15_000);
+  for (const mode of ["on", "off"] as const) {
+    const sg = await startSg(procs, dir, mode, clients, cmFor(mode));
+    await primeSg(procs, sg, mode);
+    const at = (mbps: number) =>
+      withLogins(sg, mode, `SG udpFastPath = ${mode} @ ${mbps} Mbit/s`, headlineLoad(mbps));
     runs[mode] = await at(365);
     if (mode === "on") {
       const h = await highestRate(direct, runs.on!.m, async (mbps) => (await at(mbps)).m);
@@ -691,6 +703,12 @@ async function duringLogins(
   );
   print(
     `${figureLine({ name: `${name}, kernel path, p99 added over direct`, value: added(on), unit: "ms", peer: 'udpFastPath = "off", same logins', peerValue: added(off) })}${loadTag(on, off, direct365)}`,
+  );
+  print(
+    `${figureLine({ name: `${name}, kernel path, p99 round trip`, value: on.r.p99Us / 1000, unit: "ms", peer: "direct routing, same logins", peerValue: directDuring.m.r.p99Us / 1000 })}${loadTag(on, directDuring.m)}`,
+  );
+  detail(
+    `direct routing during the same logins: loss ${fmt(directDuring.m.r.lossPct ?? 0)} %, p99 ${fmt(directDuring.m.r.p99Us / 1000)} ms (the CPU the logins take from the echo and the generator, not the SG path); kernel path adds ${fmt((on.r.p99Us - directDuring.m.r.p99Us) / 1000)} ms over it`,
   );
   print(
     `${figureLine({ name: `${name}, kernel path, SG process CPU per GB relayed (its CM's logins included)`, value: perGb(on), unit: "s/GB", peer: "nginx stream udp, no logins", peerValue: perGb(nginx) })}${loadTag(on, nginx)}`,
