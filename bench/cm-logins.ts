@@ -357,43 +357,43 @@ async function benchCertificate(
     const cmMs = (f.cpuS.cm! * 1000) / Math.max(1, f.result.completed);
     const ratio = f.result.perSecond / ng.result.perSecond;
     print(
-      figureLine({
+      `${figureLine({
         name: `CM full logins, ${label}, agent 0 ms`,
         value: f.result.perSecond,
         unit: "logins/s",
         peer: `nginx full ${label} handshakes`,
         peerValue: ng.result.perSecond,
         peerUnit: "handshakes/s",
-      }) + ` [${loadNote(f)}]`,
+      })} [${loadNote(f)}]`,
     );
     print(
-      figureLine({
+      `${figureLine({
         name: `CM full logins, ${label}, agent 50 ms`,
         value: s.result.perSecond,
         unit: "logins/s",
         peer: `nginx full ${label} handshakes`,
         peerValue: ng.result.perSecond,
         peerUnit: "handshakes/s",
-      }) + ` [${loadNote(s)}]`,
+      })} [${loadNote(s)}]`,
     );
     print(
-      figureLine({
+      `${figureLine({
         name: `CM CPU per login, ${label}`,
         value: cmMs,
         unit: "ms",
         peer: "nginx CPU per handshake",
         peerValue: ngCpuMs,
-      }) + ` [${loadNote(f)}]`,
+      })} [${loadNote(f)}]`,
     );
     const added = at.result.p99Ms - idle.result.p50Ms;
     print(
-      figureLine({
+      `${figureLine({
         name: `CM login p99 at ${RATE}/s, ${label}`,
         value: at.result.p99Ms,
         unit: "ms",
         peer: `p50 at ${IDLE_RATE}/s`,
         peerValue: idle.result.p50Ms,
-      }) + ` [${loadNote(at)}]`,
+      })} [${loadNote(at)}]`,
     );
     print(
       verdictLine(
