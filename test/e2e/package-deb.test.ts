@@ -115,9 +115,16 @@ describe.skipIf(skip !== undefined)("deb", () => {
     expect(compose.err).toContain('logLevel = "debug"');
     expect(existsSync(join(root!.merged, "etc/pcoip-cmsg/certs/cm.pem"))).toBe(true);
 
+    // A stopped appliance forwards nothing: the privileged ExecStopPost switched off the forwarding that install's
+    // sysctl.d line (sg.udpFastPath) turned on; the privileged ExecStartPre turns it on again for the service.
+    const forwarding = async () => (await ok(["cat", "/proc/sys/net/ipv4/ip_forward"])).trim();
+    expect(await ok(["cat", "/etc/sysctl.d/90-pcoip-cmsg.conf"])).toContain("net.ipv4.ip_forward = 1");
+    expect(await forwarding()).toBe("0");
+
     // start, is-active; READY=1 and the status line came through sd_notify.
     await ok(["systemctl", "start", "pcoip-cmsg"], 60_000);
     expect(await state()).toBe("active");
+    expect(await forwarding()).toBe("1");
     expect(await ok(["systemctl", "show", "--property=StatusText", "--value", "pcoip-cmsg"])).toContain(
       "serving",
     );

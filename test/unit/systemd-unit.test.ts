@@ -124,8 +124,10 @@ describe("the unit carries what SPEC §9 asks for", () => {
     expect(value("Group")).toEqual(["pcoip-cmsg"]);
     expect(value("AmbientCapabilities")).toEqual(["CAP_NET_BIND_SERVICE CAP_NET_ADMIN"]);
     expect(value("CapabilityBoundingSet")).toEqual(["CAP_NET_BIND_SERVICE CAP_NET_ADMIN"]);
+    // Privileged ("+"): the service's own ProtectKernelTunables would stop both from writing /proc/sys.
+    expect(value("ExecStartPre")).toEqual(["-+/usr/local/bin/pcoip-cmsg sysctl"]);
     expect(value("ExecStopPost")).toEqual([
-      "/usr/local/bin/pcoip-cmsg fastpath-cleanup --config /etc/pcoip-cmsg/pcoip-cmsg.toml",
+      "+/usr/local/bin/pcoip-cmsg fastpath-cleanup --config /etc/pcoip-cmsg/pcoip-cmsg.toml",
     ]);
     expect(value("EnvironmentFile")).toEqual(["-/etc/pcoip-cmsg/proxy.env"]);
     expect(value("Restart")).toEqual(["on-failure"]);
@@ -173,7 +175,7 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 function verify(unitText: string): { exitCode: number; ours: string[] } {
   const file = join(scratch, "pcoip-cmsg.service");
-  writeFileSync(file, unitText.replace(/^(Exec\w+)=\/usr\/local\/bin\/pcoip-cmsg /gm, "$1=/bin/true "));
+  writeFileSync(file, unitText.replace(/^(Exec\w+)=([-+!@:]*)\/usr\/local\/bin\/pcoip-cmsg /gm, "$1=$2/bin/true "));
   const r = Bun.spawnSync([analyze!, "verify", "--man=no", file], { stdout: "pipe", stderr: "pipe" });
   const output = `${r.stdout.toString()}\n${r.stderr.toString()}`;
   const ours = output.split("\n").filter((l) => l.includes("pcoip-cmsg.service"));

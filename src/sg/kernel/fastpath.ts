@@ -458,12 +458,22 @@ function kernelPath(
  * ExecStopPost, so a crash leaves nothing behind. True when there was something to remove.
  */
 export function cleanupKernelPath(listenPorts: readonly number[]): { removed: boolean; error?: string } {
+  // Forwarding our sysctl.d file switched on (the unit's privileged ExecStartPre applies it) goes off with the
+  // service, table or not (a clean stop already removed the table): a stopped appliance forwards nothing, and the
+  // forward chain that dropped everything else is gone with it.
+  const forwardingByOurFile = forwardingFromOurSysctlFile();
   const opened = openNft();
-  if (!opened.ok) return { removed: false, error: opened.error };
+  if (!opened.ok) {
+    if (forwardingByOurFile) writeFlag(IPV4_FORWARD, "0");
+    return { removed: false, error: opened.error };
+  }
   const nft = opened.nft;
   try {
-    if (!nft.run(`list table ${FAMILY} ${TABLE}`).ok) return { removed: false };
-    const forwardingWasOurs = previousTurnedForwardingOn(nft);
+    if (!nft.run(`list table ${FAMILY} ${TABLE}`).ok) {
+      if (forwardingByOurFile) writeFlag(IPV4_FORWARD, "0");
+      return { removed: false };
+    }
+    const forwardingWasOurs = previousTurnedForwardingOn(nft) || forwardingByOurFile;
     const r = nft.run(`delete table ${FAMILY} ${TABLE}`);
     if (!r.ok) return { removed: false, error: r.error };
     flushStaleBindings(listenPorts);
