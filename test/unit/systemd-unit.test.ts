@@ -175,7 +175,10 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 function verify(unitText: string): { exitCode: number; ours: string[] } {
   const file = join(scratch, "pcoip-cmsg.service");
-  writeFileSync(file, unitText.replace(/^(Exec\w+)=([-+!@:]*)\/usr\/local\/bin\/pcoip-cmsg /gm, "$1=$2/bin/true "));
+  writeFileSync(
+    file,
+    unitText.replace(/^(Exec\w+)=([-+!@:]*)\/usr\/local\/bin\/pcoip-cmsg /gm, "$1=$2/bin/true "),
+  );
   const r = Bun.spawnSync([analyze!, "verify", "--man=no", file], { stdout: "pipe", stderr: "pipe" });
   const output = `${r.stdout.toString()}\n${r.stderr.toString()}`;
   const ours = output.split("\n").filter((l) => l.includes("pcoip-cmsg.service"));
