@@ -200,7 +200,8 @@ describe("tcp 4172 refusals", () => {
           "held = []",
           "for _ in range(4):",
           "    c = socket.socket(); c.setblocking(False); c.connect_ex(s.getsockname()); held.append(c)",
-          "print(s.getsockname()[1], flush=True); time.sleep(60)",
+          // The filling handshakes are done before anyone dials: the relay's SYN finds the queue full.
+          "time.sleep(0.3); print(s.getsockname()[1], flush=True); time.sleep(60)",
         ].join("\n"),
       ],
       { stdout: "pipe", stderr: "ignore" },
@@ -223,7 +224,7 @@ describe("tcp 4172 refusals", () => {
       expect(r.ok).toBe(false); // closed when the dial timed out
       expect(t.relay.counters.refused.agent_unreachable).toBe(1);
       // The client's descriptor is back; the dial's socket still exists (the kernel retries its SYN), so it counts.
-      await until(() => limits.inUse === 1); // only the dial's descriptor is held
+      await until(() => limits.inUse === 1, 10_000); // only the dial's descriptor is held
       // The silent agent goes away: the next SYN is answered with a reset, the dial fails, its descriptor returns.
       silent.kill();
       await until(() => limits.inUse === 0, 10_000); // the settled dial's descriptor is given back
