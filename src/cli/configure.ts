@@ -7,15 +7,7 @@
  * `install` composes the same plan/apply steps (planConfiguration, applyConfiguration) with its own
  * prerequisites, binary and service steps.
  */
-import {
-  chmodSync,
-  chownSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  writeFileSync,
-} from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { noDesktopsAdvice } from "../config/advice.ts";
 import { describeKeys, type FlagValue, loadConfig } from "../config/load.ts";
@@ -35,6 +27,7 @@ import { certificateCovers, generateSelfSigned, loadCaBundle, loadCertificatePai
 import { formatFlags, parseArgs } from "./args.ts";
 import { loggedReporter, openInstallLog } from "./install-log.ts";
 import type { CliIo, CommandMain } from "./io.ts";
+import { createReporter, type Reporter, writeFileAtomic } from "./report.ts";
 import { syncForwardingLine } from "./sysctl-file.ts";
 import {
   CONFIGURE_FLAGS,
@@ -46,25 +39,9 @@ import {
   type VendorSettings,
 } from "./vendor-flags.ts";
 
-// ───────────────────────────── reporting ─────────────────────────────
-
-/** One line per step: what was done, or — when staging — what would be done on a real host. */
-export interface Reporter {
-  done(text: string): void;
-  /** A host change skipped because of --root: the command or action that a real install performs. */
-  would(text: string): void;
-  note(text: string): void;
-  warn(text: string): void;
-}
-
-export function createReporter(io: CliIo): Reporter {
-  return {
-    done: (t) => io.stdout(`  ✓ ${t}\n`),
-    would: (t) => io.stdout(`  - staged, not run here: ${t}\n`),
-    note: (t) => io.stdout(`  · ${t}\n`),
-    warn: (t) => io.stderr(`  ! warning: ${t}\n`),
-  };
-}
+// Reporting and atomic writes live in report.ts (install-log.ts and sysctl-file.ts use them too); the commands
+// that import them from here keep doing so.
+export { createReporter, type Reporter, writeFileAtomic };
 
 // ───────────────────────────── TOML ─────────────────────────────
 
@@ -466,15 +443,6 @@ function planProxyEnv(
 export interface Ownership {
   readonly uid: number;
   readonly gid: number;
-}
-
-/** Writes through a temporary file and a rename, so a reader never sees half a file. */
-export function writeFileAtomic(file: string, data: string | Uint8Array, mode: number): void {
-  mkdirSync(dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, data, { mode });
-  chmodSync(tmp, mode);
-  renameSync(tmp, file);
 }
 
 function own(file: string, owner: Ownership | undefined, uid: "root" | "service"): void {

@@ -7,8 +7,8 @@
  */
 import { appendFileSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import type { Reporter } from "./configure.ts";
 import type { CliIo } from "./io.ts";
+import type { Reporter } from "./report.ts";
 
 export interface InstallLog {
   /** Appends one line: "<ISO time> <command>: <text>" (held in memory until commit). */

@@ -8,7 +8,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import type { Config } from "../config/schema.ts";
 import type { InstallLayout } from "../platform/paths.ts";
-import { type Reporter, writeFileAtomic } from "./configure.ts";
+import { type Reporter, writeFileAtomic } from "./report.ts";
 
 export const FORWARDING_LINE = "net.ipv4.ip_forward = 1";
 

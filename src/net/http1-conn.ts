@@ -6,7 +6,7 @@
  * The server decides whether a connection may open and what it holds while open (`holdsFd`, `guardIp`); the
  * connection tells it once, through {@link ConnectionHost.released}, when it has closed.
  */
-import type { ConnInfo, Http1ServerOptions } from "./http1.ts";
+import type { ConnInfo, Http1ServerOptions } from "./http1-options.ts";
 import {
   ChunkedDecoder,
   type HeadScan,

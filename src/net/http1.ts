@@ -10,66 +10,14 @@
 import { createSecureContext, type SecureContext } from "node:tls";
 import type { Socket, SocketHandler, TCPSocketListener, TCPSocketListenOptions } from "bun";
 import { canonicalIp } from "./client-address.ts";
-import type { ConnectionGuard } from "./connection-guard.ts";
 import { type ConnectionHost, Http1Connection } from "./http1-conn.ts";
-import { DEFAULT_LIMITS, type Http1Limits } from "./http1-parse.ts";
+import type { Http1ServerOptions, Http1Tls } from "./http1-options.ts";
+import { DEFAULT_LIMITS } from "./http1-parse.ts";
 import { createProxiedWire, type ProxiedWire } from "./proxy-wire.ts";
 
+export type { ConnInfo, Http1ServerOptions, Http1Tls } from "./http1-options.ts";
 export type { Http1Limits } from "./http1-parse.ts";
 export { DEFAULT_LIMITS } from "./http1-parse.ts";
-
-export interface ConnInfo {
-  /** The client: the socket's peer, or the source a PROXY header named (see `proxyProtocolFrom`). */
-  readonly remoteAddress: string;
-  readonly remotePort: number;
-  readonly localPort: number;
-  /** The address the connection came in on (a wildcard listener's redirect names it). */
-  readonly localAddress?: string;
-  readonly tls: boolean;
-  /** The balancer the connection came through, when a PROXY header named the client. */
-  readonly proxiedBy?: string;
-}
-
-export interface Http1Tls {
-  readonly cert: string;
-  readonly key: string;
-  /** Served after the leaf as the chain. */
-  readonly ca?: string;
-  readonly ciphers?: string;
-  readonly minVersion?: number;
-  readonly maxVersion?: number;
-  readonly secureOptions?: number;
-}
-
-export interface Http1ServerOptions {
-  readonly hostname: string;
-  readonly port: number;
-  readonly tls?: Http1Tls;
-  fetch(req: Request, info: ConnInfo): Response | Promise<Response>;
-  readonly limits?: Partial<Http1Limits>;
-  /** Connections beyond this are closed at once (descriptor exhaustion guard). */
-  readonly maxConnections?: number;
-  /**
-   * The CM's descriptor budget (sg/limits.ts; the SG relays have their own): each connection takes one, and
-   * one that does not fit is closed at once. Kept under RLIMIT_NOFILE, accept() never meets EMFILE — where Bun's
-   * accept loop would spin on a listener that stays readable.
-   */
-  readonly descriptors?: { tryTake(fds: number): boolean; give(fds: number): void };
-  /**
-   * Per-client-IP connection cap and refusal accounting shared by every front-door listener
-   * (connection-guard.ts). Counted by the socket's peer at accept; on a PROXY listener the slot then moves to the
-   * client the header names (the balancer itself is exempt), so clients behind an L4 balancer are capped each.
-   */
-  readonly guard?: ConnectionGuard;
-  onError?(err: unknown, info: ConnInfo): void;
-  /**
-   * Peers that must start every connection with a PROXY protocol header (v1 or v2) naming the client; any other
-   * peer's header is refused. Unset or empty: no PROXY protocol (the listener uses Bun's native TLS).
-   */
-  readonly proxyProtocolFrom?: { has(ip: string): boolean; readonly size: number };
-  /** A connection closed for a protocol error before any HTTP byte (PROXY header missing, bad or forbidden). */
-  onRefused?(reason: string, info: ConnInfo): void;
-}
 
 export interface Http1Server {
   readonly hostname: string;
