@@ -63,7 +63,9 @@ export function ruleset(o: RulesetOptions): string {
     "    type filter hook prerouting priority raw; policy accept;",
     ...both(
       (v, ip) =>
-        `    udp dport ${listen} fib daddr type local ${ip} saddr . udp sport != @dnat${v} notrack accept`,
+        // The map lookup first: an admitted flow's datagram fails it and never pays for the route lookup (fib),
+        // ≈ +8 % closed-loop round trips on an idle box (bench/sg-udp-netns.ts).
+        `    udp dport ${listen} ${ip} saddr . udp sport != @dnat${v} fib daddr type local notrack accept`,
     ),
     ...both(
       (v, ip) =>
