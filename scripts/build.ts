@@ -22,6 +22,8 @@ function compile(outfile: string, target?: string): boolean {
     `--define=PCOIP_CMSG_COMMIT=${JSON.stringify(commit)}`,
     ...(target ? [`--target=${target}`] : []),
     "src/main.ts",
+    // Loaded by `new Worker` (platform/front-door-workers.ts): a compiled executable holds only its entry points.
+    "src/net/front-door-worker.ts",
     "--outfile",
     outfile,
   ];

@@ -95,10 +95,12 @@ function kindOf(core: AnySchema): Pick<KeyInfo, "kind" | "allowed" | "min" | "ma
       const el = d.element ? kindOf(unwrapSchema(d.element).core) : undefined;
       return { kind: "list", ...(el?.allowed ? { allowed: el.allowed } : {}) };
     }
-    case "union":
-      return (d.options ?? []).some((o) => defOf(unwrapSchema(o).core).type === "array")
-        ? { kind: "string-or-list" }
-        : { kind: "string" };
+    case "union": {
+      const types = (d.options ?? []).map((o) => defOf(unwrapSchema(o).core).type);
+      if (types.includes("array")) return { kind: "string-or-list" };
+      // A number or a word (cm.workers: "auto" or 0–64): digits become the number, other text stays a word.
+      return types.includes("number") ? { kind: "integer" } : { kind: "string" };
+    }
     default:
       return { kind: "string" };
   }

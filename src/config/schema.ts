@@ -312,6 +312,17 @@ const cm = section("cm", {
     'IPs or CIDRs, e.g. "10.0.0.5"',
   ),
   throttle,
+  // Both cores for the CM (issue 21): the HTTPS listeners' threads (platform/front-door-workers.ts).
+  workers: doc(
+    z
+      .union([z.literal("auto"), z.number().int().min(0).max(64)], {
+        error: 'must be "auto" or an integer from 0 to 64',
+      })
+      .default("auto"),
+    "Threads running the HTTPS listeners (TLS handshakes) while the main thread runs the CM: 0 = none (the main " +
+      'thread listens itself), N = N threads, "auto" = one per CPU (0 on a single CPU).',
+    '"auto" or 0–64',
+  ),
 });
 
 const ldap = section("ldap", {

@@ -6,7 +6,7 @@
  * The server decides whether a connection may open and what it holds while open (`holdsFd`, `guardIp`); the
  * connection tells it once, through {@link ConnectionHost.released}, when it has closed.
  */
-import type { ConnInfo, Http1ServerOptions } from "./http1-options.ts";
+import type { ConnInfo, Http1ServerOptions, RelayedRequest } from "./http1-options.ts";
 import {
   ChunkedDecoder,
   type HeadScan,
@@ -16,6 +16,7 @@ import {
   parseRequestHead,
   type RequestHead,
 } from "./http1-parse.ts";
+import { requestFrom, targetIsValid } from "./http1-request.ts";
 import {
   chunkFrame,
   LAST_CHUNK,
@@ -30,7 +31,7 @@ import type { ProxiedWire, Wire } from "./proxy-wire.ts";
 export interface ConnectionHost {
   readonly limits: Http1Limits;
   /** The server's options: `fetch` and `onError` are called on it (as `opts.fetch(…)`). */
-  readonly options: Pick<Http1ServerOptions, "fetch" | "onError">;
+  readonly options: Pick<Http1ServerOptions, "fetch" | "relay" | "onError">;
   /** The Date header's value. */
   httpDate(): string;
   /** The connection has closed (called on every path that closes it; the server gives back what it held once). */
@@ -49,6 +50,8 @@ export class Http1Connection {
   holdsFd = false;
   /** The server's: the peer address whose per-IP guard slot this connection holds (given back with it). */
   guardIp: string | undefined;
+  /** The server's: the connection's number at a remote gate (front-door workers), told when it closes. */
+  gateId: number | undefined;
   readonly #host: ConnectionHost;
   #wire: Wire;
   /** Set on PROXY-protocol listeners: the wire that reads the header (and runs TLS) in front of the parser. */
@@ -290,16 +293,28 @@ export class Http1Connection {
     if (this.#timer) clearTimeout(this.#timer);
     this.#served++;
     const keepAlive = head.keepAlive && this.#served < limits.maxRequestsPerConnection;
-    let request: Request;
-    try {
-      request = toRequest(head, this.#bodyParts, this.info);
-    } catch {
-      this.#refuse({ status: 400, reason: "invalid request target" });
-      return;
-    }
+    const plain = relayedRequest(head, this.#bodyParts);
     this.#bodyParts = [];
+    const info = this.info;
+    let answer: () => Response | Promise<Response>;
+    if (options.relay) {
+      if (!targetIsValid(plain.target)) {
+        this.#refuse({ status: 400, reason: "invalid request target" });
+        return;
+      }
+      answer = () => options.relay!(plain, info);
+    } else {
+      let request: Request;
+      try {
+        request = requestFrom(plain, info.tls);
+      } catch {
+        this.#refuse({ status: 400, reason: "invalid request target" });
+        return;
+      }
+      answer = () => options.fetch!(request, info);
+    }
     Promise.resolve()
-      .then(() => options.fetch(request, this.info))
+      .then(answer)
       .catch((err: unknown) => {
         options.onError?.(err, this.info);
         return new Response("internal error\n", {
@@ -469,22 +484,14 @@ export class Http1Connection {
   }
 }
 
-function toRequest(head: RequestHead, body: readonly Uint8Array[], info: ConnInfo): Request {
-  const headers = new Headers();
-  for (const [name, value] of head.headers) headers.append(name, value);
-  const host = headers.get("host");
-  const authority = host && /^[A-Za-z0-9.\-:[\]]+$/.test(host) ? host : "localhost";
-  const scheme = info.tls ? "https" : "http";
-  const target = head.target.startsWith("/")
-    ? head.target
-    : head.target === "*"
-      ? "/"
-      : new URL(head.target).pathname;
-  const hasBody = head.method !== "GET" && head.method !== "HEAD";
-  const payload = body.length === 0 ? undefined : body.length === 1 ? body[0] : Buffer.concat(body);
-  return new Request(`${scheme}://${authority}${target}`, {
+/** The request read as plain data: the body's parts joined (one part is passed as is, not copied). */
+function relayedRequest(head: RequestHead, body: readonly Uint8Array[]): RelayedRequest {
+  const headers: string[] = [];
+  for (const [name, value] of head.headers) headers.push(name, value);
+  return {
     method: head.method,
+    target: head.target,
     headers,
-    body: hasBody && payload ? payload : undefined,
-  });
+    body: body.length === 0 ? undefined : body.length === 1 ? body[0] : Buffer.concat(body),
+  };
 }

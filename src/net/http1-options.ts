@@ -16,6 +16,34 @@ export interface ConnInfo {
   readonly tls: boolean;
   /** The balancer the connection came through, when a PROXY header named the client. */
   readonly proxiedBy?: string;
+  /** The connection's number on a front-door worker (what the main thread's accounting knows it by). */
+  readonly id?: number;
+}
+
+/** A request as plain data: what a front-door worker posts to the main thread (no Request object built). */
+export interface RelayedRequest {
+  readonly method: string;
+  /** The request target as received (origin form, absolute form or `*`). */
+  readonly target: string;
+  /** Names (lower case) and values in arrival order, flat: [name, value, name, value, …]. */
+  readonly headers: string[];
+  readonly body: Uint8Array | undefined;
+}
+
+/**
+ * Connection accounting kept by another thread (front-door workers, platform/front-door-workers.ts): the per-IP
+ * cap, cm.maxConnections and the descriptor budget are judged once, in the main thread, for every worker. The
+ * listener tells it of each connection and goes on at once (the TLS handshake does not wait); the owner answers
+ * later and may cut the connection by its number (the server's `cut`). Requests of a connection are posted
+ * after its `opened` on the same channel, so the owner has judged a connection before it sees its first request.
+ */
+export interface RemoteConnectionGate {
+  /** Accepted from `peer` (canonical): the connection's number, or undefined to close it at once. */
+  opened(peer: string): number | undefined;
+  /** A PROXY header named `client` as connection `id`'s source: its per-IP slot moves there. */
+  addressed(id: number, client: string): void;
+  /** Connection `id` has closed (once). */
+  closed(id: number): void;
 }
 
 export interface Http1Tls {
@@ -33,7 +61,10 @@ export interface Http1ServerOptions {
   readonly hostname: string;
   readonly port: number;
   readonly tls?: Http1Tls;
-  fetch(req: Request, info: ConnInfo): Response | Promise<Response>;
+  /** The handler; exactly one of `fetch` and `relay` is given. */
+  fetch?(req: Request, info: ConnInfo): Response | Promise<Response>;
+  /** Instead of `fetch`: the request as plain data (a front-door worker posts it to the main thread). */
+  relay?(req: RelayedRequest, info: ConnInfo): Promise<Response>;
   readonly limits?: Partial<Http1Limits>;
   /** Connections beyond this are closed at once (descriptor exhaustion guard). */
   readonly maxConnections?: number;
@@ -49,6 +80,11 @@ export interface Http1ServerOptions {
    * client the header names (the balancer itself is exempt), so clients behind an L4 balancer are capped each.
    */
   readonly guard?: ConnectionGuard;
+  /**
+   * Instead of `maxConnections`, `descriptors` and `guard`: accounting kept by another thread (front-door
+   * workers); see {@link RemoteConnectionGate}.
+   */
+  readonly gate?: RemoteConnectionGate;
   onError?(err: unknown, info: ConnInfo): void;
   /**
    * Peers that must start every connection with a PROXY protocol header (v1 or v2) naming the client; any other

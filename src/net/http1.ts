@@ -31,6 +31,8 @@ export interface Http1Server {
   reloadTls(tls: Http1Tls): void;
   /** Stops accepting; with `closeActive`, also closes every open connection. */
   stop(opts?: { closeActive?: boolean }): void;
+  /** Closes connection number `id` (see `gate`), if it is open here. */
+  cut(id: number): void;
 }
 
 /**
@@ -44,6 +46,8 @@ class Http1FrontDoor implements Http1Server {
   readonly #opts: Http1ServerOptions;
   readonly #maxConnections: number;
   readonly #open = new Set<Http1Connection>();
+  /** With a remote `gate`: the open connections by the number the gate gave them. */
+  readonly #byId = new Map<number, Http1Connection>();
   readonly #isTls: boolean;
   /** Set when peers must send a PROXY header first: the listener is plain TCP and TLS runs per connection. */
   readonly #proxyFrom: { has(ip: string): boolean; readonly size: number } | undefined;
@@ -55,6 +59,7 @@ class Http1FrontDoor implements Http1Server {
   #dateCache = { at: 0, text: "" };
 
   constructor(opts: Http1ServerOptions) {
+    if (!opts.fetch === !opts.relay) throw new Error("startHttp1Server: give exactly one of fetch and relay");
     this.#opts = opts;
     this.hostname = opts.hostname;
     this.#maxConnections = opts.maxConnections ?? Number.POSITIVE_INFINITY;
@@ -101,6 +106,10 @@ class Http1FrontDoor implements Http1Server {
     old.stop(false);
   }
 
+  cut(id: number): void {
+    this.#byId.get(id)?.close();
+  }
+
   stop(stopOpts: { closeActive?: boolean } = {}): void {
     this.#listener.stop(stopOpts.closeActive === true);
     if (stopOpts.closeActive) for (const c of [...this.#open]) c.close();
@@ -122,6 +131,9 @@ class Http1FrontDoor implements Http1Server {
   }
 
   #accept(socket: Socket<Http1Connection>): void {
+    const peer = canonicalIp(socket.remoteAddress);
+    const gate = this.#opts.gate;
+    const id = gate?.opened(peer);
     const c = new Http1Connection(
       socket,
       {
@@ -130,14 +142,19 @@ class Http1FrontDoor implements Http1Server {
         localPort: socket.localPort,
         localAddress: socket.localAddress,
         tls: this.#isTls,
+        ...(id !== undefined ? { id } : {}),
       },
       this.#host,
     );
     socket.data = c;
-    if (!this.#mayOpen(c, canonicalIp(socket.remoteAddress))) {
+    if (gate ? id === undefined : !this.#mayOpen(c, peer)) {
       c.turnedAway();
       socket.terminate();
       return;
+    }
+    if (id !== undefined) {
+      c.gateId = id;
+      this.#byId.set(id, c);
     }
     this.#open.add(c);
     socket.setNoDelay(true);
@@ -165,6 +182,11 @@ class Http1FrontDoor implements Http1Server {
 
   /** Gives back the guard slot and the descriptor a connection held (each once). */
   #giveBack(c: Http1Connection): void {
+    if (c.gateId !== undefined) {
+      this.#byId.delete(c.gateId);
+      this.#opts.gate?.closed(c.gateId);
+      c.gateId = undefined;
+    }
     if (c.guardIp !== undefined) {
       this.#opts.guard?.close(c.guardIp);
       c.guardIp = undefined;
@@ -176,6 +198,11 @@ class Http1FrontDoor implements Http1Server {
 
   /** The per-IP cap counts the client a PROXY header names, not the balancer all clients share. */
   #moveGuardSlot(c: Http1Connection, client: string): boolean {
+    if (c.gateId !== undefined) {
+      // Judged by the gate's owner, which cuts the connection if the client is over its cap.
+      this.#opts.gate?.addressed(c.gateId, client);
+      return true;
+    }
     const guard = this.#opts.guard;
     if (!guard) return true;
     if (c.guardIp !== undefined) guard.close(c.guardIp);

@@ -107,6 +107,7 @@ const RESTART_KEYS = [
   "sg.maxConnectionsPerSession",
   "sg.handshakeTimeoutSeconds",
   "cm.proxyProtocolFrom",
+  "cm.workers",
   "admin.listen",
   "admin.token",
   "admin.tokenFile",
@@ -190,7 +191,7 @@ export async function startAppliance(
     current: () => ({ config: current, pair }),
   });
   stops.push(() => doors.stop());
-  const doorProblem = doors.openAll(config);
+  const doorProblem = await doors.openAll(config);
   if (doorProblem) return fail(doorProblem);
 
   // Admin listener.
@@ -217,13 +218,16 @@ export async function startAppliance(
   registerNodeMetrics(metrics, {
     draining: () => node.draining,
     ready: () =>
-      doors.cm.size > 0 && !node.draining && pair.notAfter.getTime() > Date.now() && cm.brokerReachable(),
+      doors.readiness().every((c) => c.ok) &&
+      !node.draining &&
+      pair.notAfter.getTime() > Date.now() &&
+      cm.brokerReachable(),
     budgets,
     journal,
     proxyRefusals: () => doors.proxyRefusals.total,
   });
 
-  const readiness = () => readinessChecks(doors.cm.size > 0, node, pair, cm, sg, current);
+  const readiness = () => readinessChecks(doors.readiness(), node, pair, cm, sg, current);
   const sessionsView = () => sessionsOf(cm, sg);
 
   const appliance: Appliance = {
@@ -292,12 +296,12 @@ export async function startAppliance(
       // Swap.
       if (nextPair !== pair) {
         pair = nextPair;
-        doors.reloadTls(pair, next.tls.ciphers);
+        await doors.reloadTls(pair, next.tls.ciphers);
       }
       if (next.logLevel !== current.logLevel && !process.env.LOG_LEVEL) log.level = next.logLevel;
       const prev = current;
       current = next;
-      doors.swap(prev, next);
+      await doors.swap(prev, next);
       return { ok: true, changed };
     },
     async stop() {
@@ -365,7 +369,7 @@ export function changedKeys(a: unknown, b: unknown, prefix = ""): string[] {
 
 /** /readyz: listeners bound, not draining, certificate valid, and the CM's own checks (the broker). */
 async function readinessChecks(
-  listening: boolean,
+  listeners: readonly ReadinessCheck[],
   node: NodeState,
   pair: CertificatePair,
   cm: CmPlane,
@@ -374,7 +378,7 @@ async function readinessChecks(
 ): Promise<ReadinessCheck[]> {
   const valid = pair.notAfter.getTime() > Date.now();
   const checks: ReadinessCheck[] = [
-    { name: "listeners", ok: listening },
+    ...listeners,
     { name: "draining", ok: !node.draining, ...(node.draining ? { detail: "the node is draining" } : {}) },
     {
       name: "certificate",

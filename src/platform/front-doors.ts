@@ -3,18 +3,22 @@
  * http1.ts server. They are opened at start, re-keyed when the certificate is swapped and added or stopped when a
  * reload changes the lists (new ones first; a stopped listener's connections stay until they end).
  */
+
+import { availableParallelism } from "node:os";
 import { createRedirectApp } from "../cm/redirect.ts";
 import type { Config } from "../config/schema.ts";
 import { effectiveListeners, parseListen } from "../config/schema.ts";
 import { compileTrustedProxies, type TrustedProxies } from "../net/client-address.ts";
 import { type ConnectionGuard, createConnectionGuard } from "../net/connection-guard.ts";
 import { type ConnInfo, type Http1Server, type Http1ServerOptions, startHttp1Server } from "../net/http1.ts";
+import type { ReadinessCheck } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
 import { counter, type MetricsRegistry, samplesByLabel } from "../observability/metrics.ts";
 import type { DescriptorBudget } from "../sg/limits.ts";
 import type { CertificatePair } from "../tls/certs.ts";
 import { serverTls } from "../tls/policy.ts";
 import type { CmPlane } from "./cm-plane.ts";
+import { FrontDoorWorkers, type WorkerListener } from "./front-door-workers.ts";
 import type { NodeState } from "./node-state.ts";
 
 export interface ListenProblem {
@@ -35,8 +39,17 @@ export interface FrontDoorDeps {
   readonly current: () => { config: Readonly<Config>; pair: CertificatePair };
 }
 
+/** cm.workers as a number of threads: "auto" is one per CPU, or none on a single CPU. */
+export function frontDoorWorkerCount(config: Readonly<Config>): number {
+  const w = config.cm.workers;
+  if (w !== "auto") return w;
+  const cpus = availableParallelism();
+  return cpus >= 2 ? cpus : 0;
+}
+
 export class FrontDoors {
-  readonly cm = new Map<string, Http1Server>();
+  /** The HTTPS listeners by cm.listen entry: in this thread, or served by the front-door workers. */
+  readonly cm = new Map<string, Http1Server | WorkerListener>();
   readonly redirect = new Map<string, Http1Server>();
   /** Connections refused before HTTP (PROXY protocol), logged once per peer and reason a minute. */
   readonly proxyRefusals: ReturnType<typeof refusalLog>;
@@ -46,6 +59,8 @@ export class FrontDoors {
   readonly #onProxyRefused: (reason: string, info: ConnInfo) => void;
   /** cm.maxConnectionsPerIp across the CM and port-80 listeners. */
   readonly #guard: ConnectionGuard;
+  /** cm.workers > 0: the threads serving the HTTPS listeners (the CM handler stays in this thread). */
+  readonly #workers: FrontDoorWorkers | undefined;
 
   constructor(deps: FrontDoorDeps) {
     this.#d = deps;
@@ -58,12 +73,51 @@ export class FrontDoors {
       deps.metrics,
       deps.log,
     );
+    const count = frontDoorWorkerCount(deps.current().config);
+    this.#workers =
+      count > 0
+        ? new FrontDoorWorkers({
+            count,
+            log: deps.log,
+            fetch: (req, info) => deps.cm.fetch(req, info),
+            guard: this.#guard,
+            descriptors: deps.descriptors,
+            maxConnections: () => deps.current().config.cm.maxConnections,
+            onProxyRefused: this.#onProxyRefused,
+          })
+        : undefined;
+    const workers = this.#workers;
+    if (workers)
+      deps.metrics.add(() => [
+        counter(
+          "pcoip_cm_worker_connections_total",
+          "HTTPS connections each front-door worker thread accepted and kept (cm.workers; the kernel spreads them).",
+          samplesByLabel("worker", workers.acceptedByWorker()),
+        ),
+      ]);
   }
 
   /** Opens every listener of `config`; the first that cannot listen is returned. */
-  openAll(config: Readonly<Config>): ListenProblem | undefined {
+  async openAll(config: Readonly<Config>): Promise<ListenProblem | undefined> {
+    if (this.#workers) {
+      try {
+        await this.#workers.start();
+      } catch (e) {
+        return {
+          what: `cm.workers: starting ${frontDoorWorkerCount(config)} front-door worker threads`,
+          cause: e instanceof Error ? e.message : String(e),
+          fix:
+            "set cm.workers = 0 to listen in the main thread; an executable not made by scripts/build.ts may lack " +
+            "the worker's module (net/front-door-worker.ts)",
+        };
+      }
+      this.#d.log.info(
+        { workers: frontDoorWorkerCount(config) },
+        "CM front door: HTTPS listeners and TLS handshakes on worker threads; the CM runs in the main thread",
+      );
+    }
     for (const entry of effectiveListeners(config.cm.listen, config.enableIpv6)) {
-      const p = this.openCm(entry);
+      const p = await this.openCm(entry);
       if (p) return p;
     }
     for (const entry of effectiveListeners(config.cm.redirectListen, config.enableIpv6)) {
@@ -78,14 +132,39 @@ export class FrontDoors {
     return [...this.cm.values()][0]?.port ?? 443;
   }
 
-  openCm(entry: string): ListenProblem | undefined {
+  /** The listeners' readiness: at least one HTTPS listener, and every front-door worker up. */
+  readiness(): ReadinessCheck[] {
+    return [
+      { name: "listeners", ok: this.cm.size > 0 },
+      ...(this.#workers ? [this.#workers.readiness()] : []),
+    ];
+  }
+
+  async openCm(entry: string): Promise<ListenProblem | undefined> {
     const { config, pair } = this.#d.current();
     const a = parseListen(entry)!;
+    const tls = serverTls({ chainPem: pair.chainPem, key: pair.key, suites: config.tls.ciphers });
+    if (this.#workers) {
+      try {
+        const l = await this.#workers.open({
+          key: entry,
+          hostname: a.hostname,
+          port: a.port,
+          tls,
+          limits: frontDoorLimits(config),
+          proxyProtocolFrom: config.cm.proxyProtocolFrom,
+        });
+        this.cm.set(entry, l);
+        return undefined;
+      } catch (e) {
+        return listenProblem("cm.listen", entry, e);
+      }
+    }
     try {
       const s = startHttp1Server({
         hostname: a.hostname,
         port: a.port,
-        tls: serverTls({ chainPem: pair.chainPem, key: pair.key, suites: config.tls.ciphers }),
+        tls,
         fetch: (req, info) => this.#d.cm.fetch(req, info),
         ...this.#policy(config),
         onError: (err) => this.#d.log.error({ err: String(err) }, "front door: request handler failed"),
@@ -138,14 +217,17 @@ export class FrontDoors {
     }
   }
 
-  /** New TLS connections get `pair`; connections already open keep theirs. */
-  reloadTls(pair: CertificatePair, ciphers: readonly string[]): void {
-    for (const s of this.cm.values())
-      s.reloadTls(serverTls({ chainPem: pair.chainPem, key: pair.key, suites: ciphers }));
+  /** New TLS connections get `pair` (on every worker before this resolves); open connections keep theirs. */
+  async reloadTls(pair: CertificatePair, ciphers: readonly string[]): Promise<void> {
+    const tls = serverTls({ chainPem: pair.chainPem, key: pair.key, suites: ciphers });
+    for (const [entry, s] of this.cm) {
+      if ("reloadTls" in s) s.reloadTls(tls);
+      else await this.#workers?.reloadTls(entry, tls);
+    }
   }
 
   /** After a reload: listeners `next` adds are opened first, then those it drops stop accepting. */
-  swap(prev: Readonly<Config>, next: Readonly<Config>): void {
+  async swap(prev: Readonly<Config>, next: Readonly<Config>): Promise<void> {
     const opened = (key: string, e: string, p: ListenProblem | undefined) => {
       if (p)
         this.#d.log.error(
@@ -153,22 +235,30 @@ export class FrontDoors {
           `reload: ${key}: could not listen on ${e}`,
         );
     };
-    swapListeners(this.cm, prev.cm.listen, next.cm.listen, prev.enableIpv6, next.enableIpv6, (e) =>
-      opened("cm.listen", e, this.openCm(e)),
+    await swapListeners(
+      this.cm,
+      prev.cm.listen,
+      next.cm.listen,
+      prev.enableIpv6,
+      next.enableIpv6,
+      async (e) => opened("cm.listen", e, await this.openCm(e)),
+      (e) => this.#workers?.close(e),
     );
-    swapListeners(
+    await swapListeners(
       this.redirect,
       prev.cm.redirectListen,
       next.cm.redirectListen,
       prev.enableIpv6,
       next.enableIpv6,
-      (e) => opened("cm.redirectListen", e, this.openRedirect(e)),
+      async (e) => opened("cm.redirectListen", e, this.openRedirect(e)),
     );
   }
 
-  stop(): void {
-    for (const s of this.cm.values()) s.stop({ closeActive: true });
+  /** Closes every listener and connection (and ends the worker threads): nothing of the CM listens afterwards. */
+  async stop(): Promise<void> {
+    for (const s of this.cm.values()) if ("stop" in s) s.stop({ closeActive: true });
     for (const s of this.redirect.values()) s.stop({ closeActive: true });
+    await this.#workers?.stop();
   }
 }
 
@@ -180,20 +270,26 @@ function frontDoorLimits(c: Readonly<Config>) {
   };
 }
 
-/** Opens the listeners `after` adds (first), then stops accepting on those it drops (their connections stay). */
-function swapListeners(
-  servers: Map<string, Http1Server>,
+/**
+ * Opens the listeners `after` adds (first), then stops accepting on those it drops (their connections stay);
+ * `closeElsewhere` stops an entry served by the front-door workers.
+ */
+async function swapListeners(
+  servers: Map<string, Http1Server | WorkerListener>,
   before: readonly string[],
   after: readonly string[],
   ipv6Before: boolean,
   ipv6After: boolean,
-  open: (entry: string) => void,
-): void {
+  open: (entry: string) => Promise<void>,
+  closeElsewhere?: (entry: string) => Promise<void> | undefined,
+): Promise<void> {
   const want = effectiveListeners(after, ipv6After);
   const had = effectiveListeners(before, ipv6Before);
-  for (const e of want.filter((x) => !had.includes(x))) open(e);
+  for (const e of want.filter((x) => !had.includes(x))) await open(e);
   for (const e of had.filter((x) => !want.includes(x))) {
-    servers.get(e)?.stop();
+    const s = servers.get(e);
+    if (s && "stop" in s) s.stop();
+    else await closeElsewhere?.(e);
     servers.delete(e);
   }
 }

@@ -3,7 +3,8 @@
  * dist/pcoip-cmsg (same flags and --define stamps; the x64-baseline variant is skipped, and the output goes to a
  * temporary folder so dist/ is left alone), then run from a folder outside the repository: --version carries the
  * stamped version, --help lists the commands, `config check` passes the shipped example and refuses a typo with a
- * did-you-mean, and `run` on a port-0 config opens every listener and exits 0 on SIGTERM.
+ * did-you-mean, and `run` on a port-0 config opens every listener (the HTTPS one on two front-door worker threads,
+ * answering over TLS) and exits 0 on SIGTERM.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -78,7 +79,13 @@ describe("compiled executable", () => {
   test("run on a port-0 config opens every listener; SIGTERM → exit 0", async () => {
     const dir = mkdtempSync(join(work, "run-"));
     const config = join(dir, "pcoip-cmsg.toml");
-    writeFileSync(config, applianceToml(dir, {}).replace("drainSeconds = 5", "drainSeconds = 1"));
+    // Two front-door worker threads (cm.workers): the worker's module must be inside the executable.
+    writeFileSync(
+      config,
+      applianceToml(dir, {})
+        .replace("drainSeconds = 5", "drainSeconds = 1")
+        .replace("[cm]\n", "[cm]\nworkers = 2\n"),
+    );
     const proc: Subprocess<"ignore", "pipe", "pipe"> = Bun.spawn([binary, "run", "--config", config], {
       cwd: dir,
       env: cleanEnv(),
@@ -136,6 +143,12 @@ describe("compiled executable", () => {
         }).catch(() => res(false));
       });
       expect(connected).toBe(true);
+      // … and answers over TLS: the handshake and the HTTP exchange run on a worker, the answer comes from the CM.
+      const res = await fetch(`https://${seen.get("cm")}/`, {
+        tls: { rejectUnauthorized: false },
+      } as RequestInit);
+      expect(res.status).toBe(404);
+      expect(lines.some((l) => l.includes('"workers":2'))).toBe(true);
 
       proc.kill("SIGTERM");
       const killer = setTimeout(() => proc.kill("SIGKILL"), 20_000);

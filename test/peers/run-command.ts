@@ -67,6 +67,8 @@ export function compileExecutable(outfile: string, commit: string, timeoutMs: nu
       `--define=PCOIP_CMSG_VERSION=${JSON.stringify(version)}`,
       `--define=PCOIP_CMSG_COMMIT=${JSON.stringify(commit)}`,
       "src/main.ts",
+      // Loaded by `new Worker` (platform/front-door-workers.ts): a compiled executable holds only its entry points.
+      "src/net/front-door-worker.ts",
       "--outfile",
       outfile,
     ],
