@@ -105,6 +105,11 @@ export class FrontDoorWorkers {
     this.#started = true;
   }
 
+  /** The worker threads by index (tests end one to see it started again). */
+  get threads(): readonly Worker[] {
+    return this.#slots.map((s) => s.worker);
+  }
+
   /** Connections let stay per worker since the start (the kernel spreads them: a skew shows here). */
   acceptedByWorker(): Record<string, number> {
     return Object.fromEntries(this.#slots.map((s) => [String(s.index), this.#accepted[s.index] ?? 0]));

@@ -2,12 +2,17 @@
 // stays in the main thread (platform/front-door-workers.ts): logins whose five requests each arrive on a new TLS
 // connection — so on either worker — sign in and allocate; the per-IP connection cap holds across both workers
 // (cm.maxConnectionsPerIp = 3: eight connections at once, exactly three stay); a reload's new certificate is
-// served by every worker; and once stopped, nothing answers on the CM's port and the worker threads are gone.
+// served by every worker; once stopped, nothing answers on the CM's port and the worker threads are gone; and a
+// worker thread that ends unasked is logged, /readyz's cm-workers check fails until it is started again on the
+// same port, and then it serves again.
 import { describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
 import { readdirSync } from "node:fs";
 import { connect as tlsConnect } from "node:tls";
 import { loadConfig } from "../../src/config/load.ts";
+import { createConnectionGuard } from "../../src/net/connection-guard.ts";
+import { createLogger, memoryDestination } from "../../src/observability/log.ts";
+import { FrontDoorWorkers } from "../../src/platform/front-door-workers.ts";
 import { startFakeAgent } from "../peers/fake-agent.ts";
 import { type InProcessAppliance, startInProcessAppliance } from "../peers/in-process-appliance.ts";
 import { testPki } from "../peers/test-certs.ts";
@@ -180,5 +185,70 @@ describe("CM front door on two worker threads", () => {
     const deadline = Date.now() + 5000;
     while (threads() > during - 2 && Date.now() < deadline) await Bun.sleep(50);
     expect(threads()).toBeLessThanOrEqual(during - 2);
+  }, 30_000);
+
+  test("a worker that ends unasked is logged, unready until started again on the same port, then serves", async () => {
+    const logs = memoryDestination();
+    const leaf = testPki().leaf(["localhost", "127.0.0.1"]);
+    const workers = new FrontDoorWorkers({
+      count: 2,
+      log: createLogger({ level: "info", destination: logs }),
+      fetch: () => new Response("ok\n"),
+      guard: createConnectionGuard({ maxPerIp: () => 1000, exempt: () => false }),
+      descriptors: { tryTake: () => true, give: () => {} },
+      maxConnections: () => 1000,
+      onProxyRefused: () => {},
+    });
+    try {
+      await workers.start();
+      const l = await workers.open({
+        key: "127.0.0.1:0",
+        hostname: "127.0.0.1",
+        port: 0,
+        tls: { cert: leaf.cert, key: leaf.key },
+        limits: {},
+        proxyProtocolFrom: [],
+      });
+      // One request on a new TLS connection (the kernel picks the worker per connection).
+      const get = () =>
+        new Promise<string>((resolve, reject) => {
+          const sock = tlsConnect({
+            host: "127.0.0.1",
+            port: l.port,
+            ca: testPki().ca.cert,
+            servername: "localhost",
+          });
+          let text = "";
+          sock.on("secureConnect", () =>
+            sock.write("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+          );
+          sock.on("data", (d: Buffer) => {
+            text += d.toString("latin1");
+          });
+          sock.on("close", () =>
+            resolve(`${text.slice(9, 12)} ${text.includes("\r\n\r\n3\r\nok\n") ? "ok" : text}`),
+          );
+          sock.on("error", reject);
+        });
+      expect(await get()).toBe("200 ok");
+      expect(workers.readiness().ok).toBe(true);
+      const before = workers.acceptedByWorker()["0"] ?? 0;
+      workers.threads[0]!.terminate();
+      const deadline = Date.now() + 2000;
+      while (workers.readiness().ok && Date.now() < deadline) await Bun.sleep(10);
+      expect(workers.readiness()).toMatchObject({ name: "cm-workers", ok: false });
+      expect(logs.text()).toContain("front-door worker exited");
+      // Meanwhile the other worker serves alone.
+      expect(await get()).toBe("200 ok");
+      const back = Date.now() + 10_000;
+      while (!logs.text().includes("front-door worker started again") && Date.now() < back)
+        await Bun.sleep(20);
+      expect(workers.readiness().ok).toBe(true);
+      // The new thread listens on the same port: over 16 new connections, it takes some.
+      for (let i = 0; i < 16; i++) expect(await get()).toBe("200 ok");
+      expect(workers.acceptedByWorker()["0"]!).toBeGreaterThan(before);
+    } finally {
+      await workers.stop();
+    }
   }, 30_000);
 });
