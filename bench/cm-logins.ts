@@ -23,8 +23,8 @@
  *
  * Env: BENCH_LOGINS_SECONDS (5), BENCH_LOGINS_IN_FLIGHT (32), BENCH_LOGINS_RATE (200), BENCH_LOGINS_IDLE_RATE
  * (20), BENCH_LOGINS_CERTS ("rsa3072,rsa2048,p256"), BENCH_LOGINS_QUICK=1 (CPU per login only, for A/B),
- * BENCH_LOGINS_LOG_PIPE=1, BENCH_CM_PROFILE=1 (CPU profile of the CM into
- * bench/.work/prof). Run: npx bun bench/cm-logins.ts
+ * BENCH_LOGINS_LOG_PIPE=1, BENCH_CM_PROFILE=1 (CPU profile of the CM's main thread into
+ * bench/.work/prof), BENCH_LOGINS_CM_WORKERS (cm.workers; default "auto", 0 = the one-thread CM for A/B). Run: npx bun bench/cm-logins.ts
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
@@ -47,6 +47,8 @@ const RATE = envNumber("BENCH_LOGINS_RATE", 200);
 const IDLE_RATE = envNumber("BENCH_LOGINS_IDLE_RATE", 20);
 /** BENCH_LOGINS_QUICK=1: only the CM's CPU per login (agent 0 ms closed loop), no nginx, no latency runs. */
 const QUICK = process.env.BENCH_LOGINS_QUICK === "1";
+/** BENCH_LOGINS_CM_WORKERS: cm.workers of the CM under test ("auto" when unset; 0 = one thread, the A/B peer). */
+const CM_WORKERS = process.env.BENCH_LOGINS_CM_WORKERS;
 const CERTS = (process.env.BENCH_LOGINS_CERTS ?? "rsa3072,rsa2048,p256").split(",").map((s) => s.trim());
 const GOAL_RATIO = 0.5;
 const GOAL_LOGINS = 500;
@@ -271,7 +273,10 @@ function startCm(procs: ProcessSet, pki: TestPki, certName: string, cert: TestCe
     keyFile: cert.keyFile,
     caCertFile: pki.ca.certFile,
     brokerUrl: "",
-    cm: { maxConcurrentEstablishments: 5000 },
+    cm: {
+      maxConcurrentEstablishments: 5000,
+      ...(CM_WORKERS ? { workers: /^\d+$/.test(CM_WORKERS) ? Number(CM_WORKERS) : CM_WORKERS } : {}),
+    },
     sg: { maxSessions: 200000, udpSourcePorts: "10000-60000" },
     extraToml,
     // Not a pipe to this process (the load generator): see ApplianceOptions.logFile.

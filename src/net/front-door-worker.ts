@@ -11,7 +11,7 @@
 import { compileTrustedProxies } from "./client-address.ts";
 import type { FromWorker, ListenerSpec, RelayedAnswer, ToWorker } from "./front-door-messages.ts";
 import { type Http1Server, startHttp1Server } from "./http1.ts";
-import type { ConnInfo, RelayedRequest, RemoteConnectionGate } from "./http1-options.ts";
+import type { ConnInfo, RelayedRequest, RelayedResponse, RemoteConnectionGate } from "./http1-options.ts";
 
 /**
  * Connections still waiting for the main thread's verdict, at most; beyond, new ones are closed at once (counted
@@ -138,7 +138,7 @@ class FrontDoorWorker {
   }
 
   /** Posts the request (its body moved, not copied again) and resolves with the main thread's answer. */
-  #relay(req: RelayedRequest, info: ConnInfo): Promise<Response> {
+  #relay(req: RelayedRequest, info: ConnInfo): Promise<RelayedResponse> {
     const rid = this.#nextRid++;
     // The body may be a view of the connection's read buffer: one copy into its own buffer, which is then moved.
     const body = req.body ? req.body.slice() : undefined;
@@ -147,19 +147,17 @@ class FrontDoorWorker {
       { t: "req", rid, id: info.id ?? 0, req: { ...req, body }, info },
       body ? [body.buffer as ArrayBuffer] : [],
     );
-    return answer.then(toResponse);
+    return answer.then(relayedResponse);
   }
 }
 
-function toResponse(a: RelayedAnswer): Response {
+/** The answer as the front door writes it (no Response built: the body is whole, written with the head). */
+function relayedResponse(a: RelayedAnswer): RelayedResponse {
   if (a.t === "fail") throw new Error(a.error);
   // The connection was refused: it is closed already (the verdict came first), so nothing is written.
-  if (a.t === "drop") return new Response(null, { status: 503 });
-  const headers = new Headers();
-  const h = a.headers;
-  for (let i = 0; i < h.length; i += 2) headers.append(h[i]!, h[i + 1]!);
-  for (const c of a.cookies) headers.append("set-cookie", c);
-  return new Response(a.body ?? null, { status: a.status, statusText: a.statusText, headers });
+  if (a.t === "drop") return { status: 503, statusText: "", headers: [], cookies: [], body: undefined };
+  const { status, statusText, headers, cookies, body } = a;
+  return { status, statusText, headers, cookies, body: body ? new Uint8Array(body) : undefined };
 }
 
 const channel = globalThis as unknown as Channel;

@@ -6,7 +6,7 @@
  * The server decides whether a connection may open and what it holds while open (`holdsFd`, `guardIp`); the
  * connection tells it once, through {@link ConnectionHost.released}, when it has closed.
  */
-import type { ConnInfo, Http1ServerOptions, RelayedRequest } from "./http1-options.ts";
+import type { ConnInfo, Http1ServerOptions, RelayedRequest, RelayedResponse } from "./http1-options.ts";
 import {
   ChunkedDecoder,
   type HeadScan,
@@ -23,6 +23,7 @@ import {
   plainErrorResponse,
   readWholeBody,
   serializeHead,
+  serializeRelayedHead,
   statusHasBody,
 } from "./http1-write.ts";
 import type { ProxiedWire, Wire } from "./proxy-wire.ts";
@@ -296,7 +297,7 @@ export class Http1Connection {
     const plain = relayedRequest(head, this.#bodyParts);
     this.#bodyParts = [];
     const info = this.info;
-    let answer: () => Response | Promise<Response>;
+    let answer: () => Response | RelayedResponse | Promise<Response | RelayedResponse>;
     if (options.relay) {
       if (!targetIsValid(plain.target)) {
         this.#refuse({ status: 400, reason: "invalid request target" });
@@ -322,7 +323,11 @@ export class Http1Connection {
           headers: { "Content-Type": "text/plain; charset=utf-8" },
         });
       })
-      .then((res) => this.#respond(res, head, keepAlive))
+      .then((res) =>
+        res instanceof Response
+          ? this.#respond(res, head, keepAlive)
+          : this.#respondRelayed(res, head, keepAlive),
+      )
       .then(
         (ok) => {
           if (this.#isClosed()) return;
@@ -367,6 +372,29 @@ export class Http1Connection {
   #refuse(refusal: HttpRefusal): void {
     this.#write(plainErrorResponse(refusal.status, refusal.reason, this.#host.httpDate()));
     this.close();
+  }
+
+  /**
+   * Writes an answer the main thread sent as plain data (front-door workers): its body is whole, so head and body
+   * leave in one write — as `#respond` would frame them, with no stream to read. False: the connection must close.
+   */
+  #respondRelayed(res: RelayedResponse, head: RequestHead, keepAlive: boolean): boolean {
+    if (this.#phase === "closed") return false;
+    const date = this.#host.httpDate();
+    const hasBody = statusHasBody(res.status);
+    const sendsBody = hasBody && head.method !== "HEAD";
+    const body = sendsBody && res.body && res.body.length > 0 ? res.body : undefined;
+    if (head.version === "1.0") {
+      const contentLength = sendsBody ? (body?.length ?? 0) : undefined;
+      const text = serializeRelayedHead(res, { keepAlive, chunked: false, date, contentLength });
+      this.#write(body ? Buffer.concat([Buffer.from(text, "latin1"), body]) : Buffer.from(text, "latin1"));
+      return true;
+    }
+    const text = serializeRelayedHead(res, { keepAlive, chunked: hasBody, date });
+    if (!sendsBody) this.#write(Buffer.from(text, "latin1"));
+    else if (!body) this.#write(Buffer.concat([Buffer.from(text, "latin1"), LAST_CHUNK]));
+    else this.#write(Buffer.concat([Buffer.from(text, "latin1"), ...chunkFrame(body), LAST_CHUNK]));
+    return true;
   }
 
   /** Writes the response; false when the body could not be completed (the connection must close). */

@@ -30,6 +30,17 @@ export interface RelayedRequest {
   readonly body: Uint8Array | undefined;
 }
 
+/** An answer as plain data: what the main thread posts back to a front-door worker, written without a Response. */
+export interface RelayedResponse {
+  readonly status: number;
+  readonly statusText: string;
+  /** Names (lower case) and values, flat: [name, value, …], without set-cookie. */
+  readonly headers: readonly string[];
+  /** One Set-Cookie line each. */
+  readonly cookies: readonly string[];
+  readonly body: Uint8Array | undefined;
+}
+
 /**
  * Connection accounting kept by another thread (front-door workers, platform/front-door-workers.ts): the per-IP
  * cap, cm.maxConnections and the descriptor budget are judged once, in the main thread, for every worker. The
@@ -64,7 +75,7 @@ export interface Http1ServerOptions {
   /** The handler; exactly one of `fetch` and `relay` is given. */
   fetch?(req: Request, info: ConnInfo): Response | Promise<Response>;
   /** Instead of `fetch`: the request as plain data (a front-door worker posts it to the main thread). */
-  relay?(req: RelayedRequest, info: ConnInfo): Promise<Response>;
+  relay?(req: RelayedRequest, info: ConnInfo): Promise<RelayedResponse>;
   readonly limits?: Partial<Http1Limits>;
   /** Connections beyond this are closed at once (descriptor exhaustion guard). */
   readonly maxConnections?: number;

@@ -5,6 +5,7 @@
  * coding (RFC 9112 §6.1): its body goes with Content-Length, and the connection closes unless the request asked
  * for keep-alive.
  */
+import type { RelayedResponse } from "./http1-options.ts";
 
 const CANONICAL: Record<string, string> = {
   "set-cookie": "Set-Cookie",
@@ -77,22 +78,47 @@ export function statusHasBody(status: number): boolean {
 /** An HTTP/1.0 answer body is held to learn its length up to this size; past it, it ends with the connection. */
 export const MAX_BUFFERED_BODY_BYTES = 1024 * 1024;
 
+interface HeadOptions {
+  readonly keepAlive: boolean;
+  readonly chunked: boolean;
+  readonly date: string;
+  readonly contentLength?: number;
+}
+
+function statusLine(status: number, statusText: string, date: string): string {
+  const reason = statusText && /^[\t !-~]*$/.test(statusText) ? statusText : reasonPhrase(status);
+  return `HTTP/1.1 ${status} ${reason}\r\nDate: ${date}\r\n`;
+}
+
+function framing(opts: HeadOptions): string {
+  let out = "";
+  if (opts.chunked) out += "Transfer-Encoding: chunked\r\n";
+  else if (opts.contentLength !== undefined) out += `Content-Length: ${opts.contentLength}\r\n`;
+  return out + (opts.keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+}
+
 /** The status line and headers of `res`, ending in the blank line. */
-export function serializeHead(
-  res: Response,
-  opts: { keepAlive: boolean; chunked: boolean; date: string; contentLength?: number },
-): string {
-  let out = `HTTP/1.1 ${res.status} ${res.statusText && /^[\t !-~]*$/.test(res.statusText) ? res.statusText : reasonPhrase(res.status)}\r\n`;
-  out += `Date: ${opts.date}\r\n`;
+export function serializeHead(res: Response, opts: HeadOptions): string {
+  let out = statusLine(res.status, res.statusText, opts.date);
   for (const [name, value] of res.headers) {
     if (name === "set-cookie" || FRAMING.has(name)) continue;
     out += `${canonicalHeaderName(name)}: ${value}\r\n`;
   }
   for (const cookie of res.headers.getSetCookie()) out += `Set-Cookie: ${cookie}\r\n`;
-  if (opts.chunked) out += "Transfer-Encoding: chunked\r\n";
-  else if (opts.contentLength !== undefined) out += `Content-Length: ${opts.contentLength}\r\n`;
-  out += opts.keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
-  return out;
+  return out + framing(opts);
+}
+
+/** The same head for an answer as plain data (headers flat, cookies apart): front-door workers. */
+export function serializeRelayedHead(res: RelayedResponse, opts: HeadOptions): string {
+  let out = statusLine(res.status, res.statusText, opts.date);
+  const h = res.headers;
+  for (let i = 0; i < h.length; i += 2) {
+    const name = h[i]!;
+    if (name === "set-cookie" || FRAMING.has(name)) continue;
+    out += `${canonicalHeaderName(name)}: ${h[i + 1]}\r\n`;
+  }
+  for (const cookie of res.cookies) out += `Set-Cookie: ${cookie}\r\n`;
+  return out + framing(opts);
 }
 
 const CRLF = Buffer.from("\r\n");
