@@ -17,7 +17,7 @@
  */
 import type { ConnectionGuard } from "../net/connection-guard.ts";
 import type { FromWorker, ListenerSpec, ToWorker } from "../net/front-door-messages.ts";
-import type { ConnInfo, Http1Tls } from "../net/http1-options.ts";
+import type { ConnInfo, Http1Tls, RelayedRequest } from "../net/http1-options.ts";
 import { requestFrom } from "../net/http1-request.ts";
 import type { ReadinessCheck } from "../observability/health.ts";
 import type { Logger } from "../observability/log.ts";
@@ -373,13 +373,7 @@ export class FrontDoorWorkers {
   }
 
   /** Runs the CM for a relayed request and posts the answer back (its body moved, not copied). */
-  #request(
-    slot: WorkerSlot,
-    rid: number,
-    id: number,
-    plain: Parameters<typeof requestFrom>[0],
-    info: ConnInfo,
-  ): void {
+  #request(slot: WorkerSlot, rid: number, id: number, plain: RelayedRequest, info: ConnInfo): void {
     const c = slot.conns.get(id);
     if (!c || c.cut) {
       slot.worker.postMessage({ t: "drop", rid });
