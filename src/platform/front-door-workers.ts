@@ -61,6 +61,8 @@ class WorkerSlot {
   readonly conns = new Map<number, ConnSlot>();
   readonly waiting = new Map<number, (m: { port?: number; error?: string }) => void>();
   up = false;
+  /** Started again after a death and not yet listening on every cm.listen entry (readiness waits for it). */
+  reopening = false;
   /** Its end was handled (the close event comes once, but a failed restart may also end it). */
   ended = false;
   constructor(
@@ -117,7 +119,7 @@ export class FrontDoorWorkers {
 
   /** The readiness check: every worker up (a dead one is being started again). */
   readiness(): ReadinessCheck {
-    const down = this.#slots.filter((s) => !s.up).map((s) => s.index);
+    const down = this.#slots.filter((s) => !s.up || s.reopening).map((s) => s.index);
     return down.length === 0
       ? { name: "cm-workers", ok: true, detail: `${this.#slots.length} front-door workers` }
       : {
@@ -131,8 +133,11 @@ export class FrontDoorWorkers {
   async open(spec: ListenerSpec): Promise<WorkerListener> {
     let bound = spec;
     const opened: WorkerSlot[] = [];
+    // A worker being started again opens every entry in #specs once it is up; it is not waited for here.
+    const live = this.#slots.filter((s) => s.up);
+    if (live.length === 0) throw new Error("no front-door worker thread is running (see the log)");
     try {
-      for (const slot of this.#slots) {
+      for (const slot of live) {
         const port = await this.#command(slot, (seq) => ({ t: "open", seq, spec: bound }));
         opened.push(slot);
         if (port !== undefined && bound.port === 0) bound = { ...bound, port };
@@ -237,7 +242,9 @@ export class FrontDoorWorkers {
     if (this.#stopping) return;
     try {
       const slot = await this.#spawn(index);
+      slot.reopening = true;
       for (const spec of this.#specs.values()) await this.#command(slot, (seq) => ({ t: "open", seq, spec }));
+      slot.reopening = false;
       this.#deathsInARow = 0;
       this.#d.log.info({ worker: index }, "front-door worker started again and listening");
     } catch (e) {
