@@ -1,6 +1,6 @@
 // Claim: the kernel UDP path's table is one fixed ruleset — sessions only ever add map elements — whose catch-all
 // forward drop and "we switched forwarding on" mark appear only when asked for; unadmitted datagrams to the
-// listener are untracked before any zone is set; and `diagnose` says "off" plainly, names the missing pieces
+// listener are untracked, admitted ones zoned and counted in the same lookup; and `diagnose` says "off" plainly, names the missing pieces
 // otherwise, and prints firewalld's lines when firewalld runs. (The rules at work: test/e2e/sg-udp-fastpath-netns.)
 import { describe, expect, test } from "bun:test";
 import { loadConfig } from "../../src/config/load.ts";
@@ -15,22 +15,42 @@ describe("ruleset", () => {
     const lines = text.split("\n");
     expect(lines[0]).toBe("table inet pcoip_cmsg");
     expect(lines[1]).toBe("delete table inet pcoip_cmsg");
-    expect(text).toContain("udp dport { 4172 }");
+    // One listener port is a compare in the raw chain's dispatch, several are one set lookup.
+    expect(text).toContain("udp dport 4172 jump listen");
     expect(text).not.toContain("4172, 4172");
+    const two = ruleset({
+      ...base,
+      listenPorts: [4172, 4173],
+      dropOtherForwarding: false,
+      markSwitchedOn: false,
+    });
+    expect(two).toContain("udp dport { 4172, 4173 } jump listen");
     // Sessions are map elements: every per-session lookup goes through a named map.
     for (const m of ["dnat4", "snat4", "zone4", "up4", "down4", "dnat6", "zone_port", "warm"])
       expect(text).toContain(` @${m}`);
   });
 
-  test("an unadmitted datagram is untracked and leaves the chain before a zone could re-track it", () => {
+  test("an unadmitted datagram to the listener is untracked; an admitted one is zoned and counted by one rule", () => {
     const text = ruleset({ ...base, dropOtherForwarding: false, markSwitchedOn: false });
-    const raw = text.slice(text.indexOf("chain raw_prerouting"), text.indexOf("chain raw_output"));
-    // The admitted-flow lookup comes before the route lookup (fib): a carried datagram fails it and skips the fib.
-    const notrack = raw.indexOf("udp sport != @dnat4 fib daddr type local notrack accept");
-    const zone = raw.indexOf("ct zone set ip saddr");
-    expect(notrack).toBeGreaterThan(0);
-    expect(notrack).toBeLessThan(zone);
-    expect(raw).toContain("udp dport @warm fib daddr type local notrack accept");
+    const chain = (name: string) => {
+      const at = text.indexOf(`chain ${name} {`);
+      return text.slice(at, text.indexOf("  }", at));
+    };
+    const listen = chain("listen");
+    const zone = listen.indexOf(
+      "ct zone set ip saddr . udp sport map @zone4 counter name ip saddr . udp sport map @up4 accept",
+    );
+    const notrack = listen.indexOf("fib daddr type local notrack accept");
+    // The zone lookup is the admission test: only what fails it reaches the notrack rule.
+    expect(zone).toBeGreaterThan(0);
+    expect(notrack).toBeGreaterThan(zone);
+    const reply = chain("reply");
+    expect(reply.indexOf("udp dport @warm fib daddr type local notrack accept")).toBeGreaterThan(0);
+    expect(reply).toContain("fib daddr type local ct zone set udp dport map @zone_port accept");
+    // The agent's replies are counted after conntrack matched them (forward), never in raw where a spoofed
+    // datagram toward a session port would count.
+    expect(reply).not.toContain("counter");
+    expect(chain("media")).toContain("counter name ip daddr . udp dport map @down4 accept");
   });
 
   test("the catch-all forward drop and the mark chain only when asked", () => {
