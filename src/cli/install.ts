@@ -81,7 +81,7 @@ import {
   readInstallRecord,
 } from "./status.ts";
 import { applySysctlFile, defaultSysctlFile } from "./sysctl.ts";
-import { FORWARDING_LINE, kernelForwardingWanted, syncForwardingLine, sysctlText } from "./sysctl-file.ts";
+import { FORWARDING_LINE, forwardingLineWanted, syncForwardingLine, sysctlText } from "./sysctl-file.ts";
 import {
   INSTALL_FLAGS,
   type Installed,
@@ -616,7 +616,13 @@ async function placeFiles(
     const wmem = layout.staged
       ? SOCKET_BUFFER_BYTES
       : Math.max(SOCKET_BUFFER_BYTES, readSysctl("net.core.wmem_default") ?? 0);
-    const forward = kernelForwardingWanted(c.config);
+    const decided = forwardingLineWanted(
+      c.config,
+      existsSync(d.sysctlFile) ? readFileSync(d.sysctlFile, "utf8") : undefined,
+      layout.staged ? undefined : readSysctl("net.ipv4.ip_forward"),
+    );
+    const forward = decided.write;
+    if (decided.note) report.note(decided.note);
     writeFileAtomic(d.sysctlFile, sysctlText(rmem, wmem, forward), 0o644);
     report.done(
       `${h.sysctlFile}: net.core.rmem_default = ${rmem}, net.core.wmem_default = ${wmem}${forward ? `, ${FORWARDING_LINE} (sg.udpFastPath: only admitted media is forwarded)` : ""}`,

@@ -7,6 +7,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import type { Config } from "../config/schema.ts";
+import { readSysctl } from "../platform/host.ts";
 import type { InstallLayout } from "../platform/paths.ts";
 import { type Reporter, writeFileAtomic } from "./report.ts";
 
@@ -23,6 +24,27 @@ const FORWARDING_LINE_RE = /^\s*net\.ipv4\.ip_forward\s*=.*$/;
 /** Whether the configuration wants IPv4 forwarding for the kernel UDP path. */
 export function kernelForwardingWanted(config: Readonly<Config>): boolean {
   return config.enableSecurityGateway && config.sg.udpFastPath !== "off";
+}
+
+/**
+ * Whether install writes the forwarding line. Not when the host already forwards IPv4 and our file did not
+ * switch it on (a router, containers): the SG treats forwarding switched on by our file as its own — it then
+ * drops everything else forwarded while it runs, and the unit switches forwarding off at stop — which would cut
+ * that host's other traffic. Without the line the kernel path still runs; it just leaves forwarding alone.
+ * `hostForwarding`: /proc/sys/net/ipv4/ip_forward now (undefined when unknown, e.g. a staged install).
+ */
+export function forwardingLineWanted(
+  config: Readonly<Config>,
+  ourFile: string | undefined,
+  hostForwarding: number | undefined,
+): { write: boolean; note?: string } {
+  if (!kernelForwardingWanted(config)) return { write: false };
+  const ours = ourFile?.split("\n").some((l) => FORWARDING_LINE_RE.test(l)) ?? false;
+  if (ours || hostForwarding !== 1) return { write: true };
+  return {
+    write: false,
+    note: `IPv4 forwarding is already on on this host, not by pcoip-cmsg: ${FORWARDING_LINE} not written, so the Security Gateway carries media in the kernel without dropping this host's other forwarded traffic and never switches forwarding off`,
+  };
 }
 
 /** The file install writes: buffers, plus the forwarding line (and why) when `forward`. */
@@ -58,11 +80,17 @@ export function syncForwardingLine(
   report: Reporter,
   removeOnly = false,
 ): void {
-  const want = kernelForwardingWanted(config);
   const d = layout.disk;
   const file = layout.host.sysctlFile;
   const current = existsSync(d.sysctlFile) ? readFileSync(d.sysctlFile, "utf8") : undefined;
   const has = current?.split("\n").some((l) => FORWARDING_LINE_RE.test(l)) ?? false;
+  const decided = forwardingLineWanted(
+    config,
+    current,
+    layout.staged ? undefined : readSysctl("net.ipv4.ip_forward"),
+  );
+  const want = decided.write;
+  if (decided.note && !removeOnly) report.note(decided.note);
   if (want === has || (want && removeOnly)) return;
   if (!want) {
     writeFileAtomic(d.sysctlFile, withForwarding(current ?? "", false), 0o644);

@@ -3,6 +3,7 @@
 // listener are untracked, admitted ones zoned and counted in the same lookup; and `diagnose` says "off" plainly, names the missing pieces
 // otherwise, and prints firewalld's lines when firewalld runs. (The rules at work: test/e2e/sg-udp-fastpath-netns.)
 import { describe, expect, test } from "bun:test";
+import { FORWARDING_LINE, forwardingLineWanted } from "../../src/cli/sysctl-file.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import { fastPathChecks, firewalldLines } from "../../src/sg/kernel/diagnose.ts";
 import { FORWARDING_MARK_CHAIN, ruleset } from "../../src/sg/kernel/ruleset.ts";
@@ -92,5 +93,35 @@ describe("diagnose", () => {
     expect(fw?.fix).toBe(firewalldLines().join(" && "));
     expect(firewalldLines()).toContain("firewall-cmd --reload");
     expect(fastPathChecks(config("auto"), false).some((c) => c.name.includes("firewalld"))).toBe(false);
+  });
+});
+
+// Claim: install writes `net.ipv4.ip_forward = 1` only when forwarding would be ours — off now, or switched on by
+// our own file before — and never over a host that already forwards for something else (whose other traffic the
+// SG would then drop, and whose forwarding the unit would switch off at stop).
+describe("the forwarding line", () => {
+  const config = (text: string) => {
+    const r = loadConfig({ text, strict: false });
+    if (!r.ok) throw new Error(JSON.stringify(r));
+    return r.config;
+  };
+  const on = config('[sg]\nudpFastPath = "auto"\n');
+  const ours = `net.core.rmem_default = 1\n${FORWARDING_LINE}\n`;
+
+  test("written when forwarding is off, or on because of our own file", () => {
+    expect(forwardingLineWanted(on, undefined, 0)).toEqual({ write: true });
+    expect(forwardingLineWanted(on, ours, 1)).toEqual({ write: true });
+    expect(forwardingLineWanted(on, undefined, undefined)).toEqual({ write: true });
+  });
+
+  test("not written over a host that already forwards, with a note that says why", () => {
+    const d = forwardingLineWanted(on, "net.core.rmem_default = 1\n", 1);
+    expect(d.write).toBe(false);
+    expect(d.note).toContain("already on on this host");
+    expect(forwardingLineWanted(on, undefined, 1).write).toBe(false);
+  });
+
+  test('never with sg.udpFastPath = "off"', () => {
+    expect(forwardingLineWanted(config('[sg]\nudpFastPath = "off"\n'), ours, 0)).toEqual({ write: false });
   });
 });
