@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { applianceToml } from "../peers/appliance-process.ts";
+import { tcpAccepts } from "../peers/raw-http.ts";
 import { cleanEnv, compileExecutable, type Ran, runCommand } from "../peers/run-command.ts";
 
 const REPO = resolve(import.meta.dir, "../..");
@@ -127,21 +128,7 @@ describe("compiled executable", () => {
 
       // The HTTPS front door really listens: a TCP connect succeeds.
       const [host, port] = seen.get("cm")!.split(":");
-      const connected = await new Promise<boolean>((res) => {
-        Bun.connect({
-          hostname: host!,
-          port: Number(port),
-          socket: {
-            open: (s) => {
-              s.end();
-              res(true);
-            },
-            data: () => {},
-            connectError: () => res(false),
-            error: () => res(false),
-          },
-        }).catch(() => res(false));
-      });
+      const connected = await tcpAccepts(host!, Number(port));
       expect(connected).toBe(true);
       // … and answers over TLS: the handshake and the HTTP exchange run on a worker, the answer comes from the CM.
       const res = await fetch(`https://${seen.get("cm")}/`, {

@@ -15,6 +15,7 @@ import { createLogger, memoryDestination } from "../../src/observability/log.ts"
 import { FrontDoorWorkers } from "../../src/platform/front-door-workers.ts";
 import { startFakeAgent } from "../peers/fake-agent.ts";
 import { type InProcessAppliance, startInProcessAppliance } from "../peers/in-process-appliance.ts";
+import { tcpAccepts } from "../peers/raw-http.ts";
 import { testPki } from "../peers/test-certs.ts";
 
 const WORKERS = { PCOIP_CMSG_CM_WORKERS: "2" };
@@ -163,21 +164,7 @@ describe("CM front door on two worker threads", () => {
     await node.stop();
     let answered = 0;
     for (let i = 0; i < 10; i++) {
-      const ok = await new Promise<boolean>((resolve) => {
-        Bun.connect({
-          hostname: host,
-          port,
-          socket: {
-            open: (s) => {
-              s.end();
-              resolve(true);
-            },
-            data: () => {},
-            connectError: () => resolve(false),
-            error: () => resolve(false),
-          },
-        }).catch(() => resolve(false));
-      });
+      const ok = await tcpAccepts(host, port);
       if (ok) answered++;
     }
     expect(answered).toBe(0);

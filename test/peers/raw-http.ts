@@ -114,3 +114,22 @@ export async function rawConnect(opts: {
 export function countResponses(text: string): number {
   return text.split("\r\n0\r\n\r\n").length - 1;
 }
+
+/** Whether a plain TCP connect to hostname:port succeeds (it is closed at once): a listener is there. */
+export function tcpAccepts(hostname: string, port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    Bun.connect({
+      hostname,
+      port,
+      socket: {
+        open: (s) => {
+          s.end();
+          resolve(true);
+        },
+        data: () => {},
+        connectError: () => resolve(false),
+        error: () => resolve(false),
+      },
+    }).catch(() => resolve(false));
+  });
+}

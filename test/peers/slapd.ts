@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { tcpAccepts } from "./raw-http.ts";
 import { testPki } from "./test-certs.ts";
 
 export const SLAPD_BIN = "/usr/sbin/slapd";
@@ -261,21 +262,7 @@ async function waitListening(port: number, exited: Promise<number>, stderr: Prom
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
     if (gone) throw new Error(`starting slapd: it exited: ${(await stderr).trim().slice(-2000)}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      Bun.connect({
-        hostname: "127.0.0.1",
-        port,
-        socket: {
-          open: (s) => {
-            s.end();
-            resolve(true);
-          },
-          data: () => {},
-          error: () => resolve(false),
-          connectError: () => resolve(false),
-        },
-      }).catch(() => resolve(false));
-    });
+    const ok = await tcpAccepts("127.0.0.1", port);
     if (ok) return;
     await Bun.sleep(50);
   }
